@@ -1,0 +1,54 @@
+# asrcompress: the two commands of the README.
+#   make repro   - set up everything (venv, CPU torch, packages, speech synthesiser) and run `dvc repro`
+#   make test    - set up everything and run ruff + pytest (+ the smoke reproduction and the
+#                  regression check when CI=true)
+# Both are idempotent: set-up is skipped when requirements have not changed.
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PYTHON  ?= python3
+export PYTHONHASHSEED := 0
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup repro test lint profile bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+repro: setup
+	$(VENV)/bin/dvc repro
+	$(VENV)/bin/dvc metrics show
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+	@if [ "$$CI" = "true" ]; then $(MAKE) --no-print-directory ci-repro; fi
+
+# CI: smoke reproduction from scratch, then the regression check against committed metrics.
+ci-repro: setup
+	$(VENV)/bin/dvc repro
+	$(PY) -m asrcompress.report.regression
+
+# Switch profile: make profile PROFILE=paper  (or PROFILE=smoke)
+profile: setup
+	$(PY) -m asrcompress.config use $(PROFILE)
+
+bench: setup
+	$(PY) benchmarks/bench_surgery.py
+	$(PY) benchmarks/bench_flops_vs_latency.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""asrcompress: DVC-reproducible compression of speech recognition models."""

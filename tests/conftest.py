@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random-weight models built from configs (no hub, no files)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    GenerationConfig,
+    HubertConfig,
+    HubertForCTC,
+    Wav2Vec2Config,
+    Wav2Vec2ForCTC,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
+
+TINY_WHISPER = dict(
+    vocab_size=300, d_model=64, encoder_layers=2, decoder_layers=2,
+    encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+    num_mel_bins=80, max_source_positions=50, max_target_positions=64,
+    decoder_start_token_id=1, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    suppress_tokens=[], begin_suppress_tokens=None,
+)
+
+# the fast conv front-end measured in shared/OFFLINE_NOTES.md
+TINY_CTC = dict(
+    vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+    feat_extract_norm="group", conv_dim=(32, 32, 32, 32), conv_stride=(5, 4, 4, 4),
+    conv_kernel=(10, 8, 4, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+    ctc_zero_infinity=True, pad_token_id=0, do_stable_layer_norm=False,
+)
+
+
+def make_tiny_whisper(seed: int = 0, **overrides) -> WhisperForConditionalGeneration:
+    torch.manual_seed(seed)
+    cfg = WhisperConfig(**{**TINY_WHISPER, **overrides})
+    model = WhisperForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=1, bos_token_id=1, eos_token_id=2, pad_token_id=2, max_length=16,
+    )
+    return model
+
+
+def make_tiny_ctc(kind: str = "wav2vec2", seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if kind == "wav2vec2":
+        return Wav2Vec2ForCTC(Wav2Vec2Config(**{**TINY_CTC, **overrides})).eval()
+    if kind == "hubert":
+        return HubertForCTC(HubertConfig(**{**TINY_CTC, **overrides})).eval()
+    raise ValueError(kind)
+
+
+@pytest.fixture
+def tiny_whisper() -> WhisperForConditionalGeneration:
+    return make_tiny_whisper()
+
+
+@pytest.fixture
+def whisper_features() -> torch.Tensor:
+    # (batch, mel bins, 2 * max_source_positions frames)
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(2, 80, 100, generator=g)
+
+
+@pytest.fixture(params=["wav2vec2", "hubert"])
+def tiny_ctc(request) -> torch.nn.Module:
+    return make_tiny_ctc(request.param)
+
+
+@pytest.fixture
+def ctc_audio() -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(2, 16000, generator=g)
