@@ -14,6 +14,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup repro test lint profile bench clean-venv
 

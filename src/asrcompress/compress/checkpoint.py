@@ -1,0 +1,218 @@
+"""Compressed checkpoint format: a ``save_pretrained`` directory (safetensors) + ``compression.json``.
+
+``compression.json`` records ``structure_of(model)`` (base config + per-layer shapes), the method name and
+its parameters, the attention implementation and dtype. :func:`load_compressed` rebuilds the base model
+from the recorded base config (without weight initialisation), resizes it with ``apply_structure`` and
+loads the safetensors state dict strictly: every key must match in name and shape, none may be missing
+except aliases of a tied parameter (Whisper's ``proj_out.weight`` = ``embed_tokens.weight``), none may be
+unexpected. Reloaded outputs equal the in-memory model's outputs exactly.
+
+A plain ``save_pretrained`` directory without ``compression.json`` is loaded with the class's
+``from_pretrained`` and the same strictness (missing/unexpected/mismatched keys raise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import AutoConfig, GenerationConfig
+
+from asrcompress.compress.surgery import (
+    MODEL_CLASSES,
+    SurgeryError,
+    apply_structure,
+    model_class_for,
+    num_parameters,
+    structure_of,
+)
+
+__all__ = [
+    "COMPRESSION_FILE",
+    "CheckpointError",
+    "save_compressed",
+    "load_compressed",
+    "read_compression_record",
+    "weights_bytes",
+]
+
+COMPRESSION_FILE = "compression.json"
+FORMAT_VERSION = 1
+_SINGLE = "model.safetensors"
+_INDEX = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded as recorded; the message names the file."""
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where} is not JSON-serialisable: {err}") from err
+
+
+def save_compressed(model: nn.Module, out_dir: str | os.PathLike, method: str, method_params: Mapping[str, Any],
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``out_dir``: ``save_pretrained`` files (config.json, model.safetensors,
+    generation_config.json when the model has a generation config) plus ``compression.json`` with
+    ``format_version``, ``method``, ``method_params``, ``extra``, ``structure`` (= ``structure_of(model)``),
+    ``attn_implementation``, ``dtype``, ``num_parameters`` and ``weights_bytes``. Returns the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "format_version": FORMAT_VERSION,
+        "method": str(method),
+        "method_params": _jsonable(dict(method_params), "method_params"),
+        "extra": _jsonable(dict(extra or {}), "extra"),
+        "structure": structure_of(model),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "num_parameters": num_parameters(model),
+    }
+    stale = out / COMPRESSION_FILE
+    if stale.exists():
+        stale.unlink()  # never leave a record describing other weights
+    model.save_pretrained(out)
+    record["weights_bytes"] = weights_bytes(out)
+    tmp = out / (COMPRESSION_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out / COMPRESSION_FILE)
+    return out
+
+
+def weights_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the safetensors weight files in a checkpoint directory (config/json files excluded)."""
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+def read_compression_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The parsed ``compression.json`` of ``path`` (None if absent); :class:`CheckpointError` if corrupt."""
+    f = Path(path) / COMPRESSION_FILE
+    if not f.exists():
+        return None
+    try:
+        record = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{f}: corrupt compression record ({err})") from err
+    if not isinstance(record, dict) or not isinstance(record.get("structure"), dict):
+        raise CheckpointError(f"{f}: corrupt compression record (no 'structure' object)")
+    version = record.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{f}: unsupported format_version {version!r} (expected {FORMAT_VERSION})")
+    return record
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, Tensor], str]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    single, index = path / _SINGLE, path / _INDEX
+    try:
+        if single.exists():
+            return load_file(str(single)), str(single)
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            state: dict[str, Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                state.update(load_file(str(path / shard)))
+            return state, str(index)
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as err:
+        raise CheckpointError(f"{path}: cannot read weights ({err})") from err
+    raise CheckpointError(f"{path}: no {_SINGLE} or {_INDEX}")
+
+
+def _strict_load(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``model``; raise naming ``source`` on any missing/unexpected/mis-shaped key.
+    A missing key is tolerated only if it names the same Parameter object as a key that was loaded (a tie)."""
+    expected = model.state_dict(keep_vars=True)
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                  for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    unexpected = sorted(set(state) - set(expected))
+    loaded_ids = {id(expected[k]) for k in state if k in expected}
+    missing = sorted(k for k in set(expected) - set(state) if id(expected[k]) not in loaded_ids)
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch: {'; '.join(mismatched[:5])}" + (" ..." if len(mismatched) > 5 else ""))
+    if missing:
+        problems.append(f"missing keys: {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected[:5]}" + (" ..." if len(unexpected) > 5 else ""))
+    if problems:
+        raise CheckpointError(f"{source}: does not match the recorded structure ({'; '.join(problems)})")
+    model.load_state_dict(dict(state), strict=False)
+
+
+def _build_empty(cls: type, config: Any) -> nn.Module:
+    """Instantiate ``cls(config)`` without running weight initialisation (all weights are loaded after)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        model = cls(config)
+    model.tie_weights()  # no_init_weights also skips the tying done by post_init
+    return model
+
+
+def _load_plain(path: Path, attn_implementation: str | None) -> nn.Module:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{path}: neither {COMPRESSION_FILE} nor config.json")
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{config_file}: cannot read config ({err})") from err
+    arch = (config.architectures or [None])[0]
+    if arch not in MODEL_CLASSES:
+        raise CheckpointError(f"{config_file}: unsupported architecture {arch!r} (supported: {sorted(MODEL_CLASSES)})")
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        model, info = MODEL_CLASSES[arch].from_pretrained(str(path), output_loading_info=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot load weights ({err})") from err
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        raise CheckpointError(f"{path}: weights do not match config.json ({bad})")
+    return model.eval()
+
+
+def load_compressed(path: str | os.PathLike, attn_implementation: str | None = None) -> nn.Module:
+    """Rebuild the model saved in ``path`` (by :func:`save_compressed` or plain ``save_pretrained``), in eval
+    mode, with exactly the saved shapes and weights and its generation config (when saved).
+
+    ``attn_implementation`` defaults to the recorded one (needed for bit-identical outputs)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: checkpoint directory does not exist")
+    record = read_compression_record(p)
+    if record is None:
+        return _load_plain(p, attn_implementation)
+    cfile = p / COMPRESSION_FILE
+    structure = record["structure"]
+    try:
+        cls = model_class_for(structure)
+        config = cls.config_class.from_dict(dict(structure["base_config"]))
+    except (SurgeryError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{cfile}: corrupt structure record ({err})") from err
+    attn = attn_implementation or record.get("attn_implementation")
+    if attn:
+        config._attn_implementation = attn
+    state, source = _read_state_dict(p)
+    model = _build_empty(cls, config)
+    try:
+        apply_structure(model, structure)
+    except SurgeryError as err:
+        raise CheckpointError(f"{cfile}: structure cannot be applied ({err})") from err
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())
+    _strict_load(model, state, source)
+    if (p / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(str(p))
+    return model.eval()

@@ -1,0 +1,59 @@
+"""Small I/O helpers shared by the stages: JSON/JSONL writing, loading a split, stage logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("asrcompress")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path}: not found (run its DVC stage first)") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_split(corpus_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """A split of a prepared corpus as a list of rows with numpy audio arrays (fast random access)."""
+    from datasets import load_from_disk
+
+    path = Path(corpus_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: corpus not found (run `dvc repro` for its prepare stage)")
+    ds = load_from_disk(str(path))
+    if split not in ds:
+        raise KeyError(f"{path}: no split {split!r} (has {list(ds)})")
+    rows = ds[split].to_list()
+    for row in rows:
+        row["audio"]["array"] = np.asarray(row["audio"]["array"], dtype=np.float32)
+    return rows

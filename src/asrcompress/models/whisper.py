@@ -1,0 +1,132 @@
+"""Whisper models, tokenizers and processors: built offline from a config (smoke) or loaded by hub id (paper).
+
+Smoke: a byte-level BPE is trained on the corpus text with ``tokenizers``, wrapped in a
+``WhisperTokenizer`` carrying Whisper's special tokens in Whisper's order (so language and task
+ids are where ``set_prefix_tokens`` and ``generate(language=..., task=...)`` expect them), paired
+with a ``WhisperFeatureExtractor`` whose window matches ``max_source_positions``, and a
+``WhisperForConditionalGeneration`` built from the dimensions in params. Everything is saved
+with ``save_pretrained`` and reloads with ``from_pretrained``.
+
+Paper: the same functions load ``openai/whisper-small`` etc. by hub id; no code path is
+smoke-only past construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
+)
+from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+EOT = "<|endoftext|>"
+SOT = "<|startoftranscript|>"
+TASK_TOKENS = ["<|translate|>", "<|transcribe|>"]
+OTHER_SPECIALS = ["<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+
+
+def special_tokens() -> list[str]:
+    """Whisper's special tokens in Whisper's order: SOT, all 100 languages, tasks, the rest."""
+    return [SOT] + [f"<|{code}|>" for code in LANGUAGES] + TASK_TOKENS + OTHER_SPECIALS
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train a byte-level BPE (the GPT-2 / Whisper scheme) on ``texts``; returns (vocab, merges)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    if vocab_size < 300:
+        raise ValueError(f"tokenizer.vocab_size={vocab_size}: byte-level BPE needs >= 300 (256 bytes + merges)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    state = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return dict(state["vocab"]), merges
+
+
+def build_tokenizer(vocab: Mapping[str, int], merges: list[tuple[str, str]]) -> WhisperTokenizer:
+    """A WhisperTokenizer over a locally trained BPE with Whisper's special tokens appended."""
+    tok = WhisperTokenizer(vocab=dict(vocab), merges=list(merges), unk_token=EOT, bos_token=EOT,
+                           eos_token=EOT, pad_token=EOT)
+    tok.add_special_tokens({"additional_special_tokens": special_tokens()})
+    return tok
+
+
+def build_feature_extractor(chunk_length_s: int, num_mel_bins: int = 80) -> WhisperFeatureExtractor:
+    """Log-mel front-end with a ``chunk_length_s`` window (100 frames per second)."""
+    return WhisperFeatureExtractor(feature_size=num_mel_bins, chunk_length=chunk_length_s)
+
+
+def generation_config_for(tokenizer: WhisperTokenizer, max_length: int) -> GenerationConfig:
+    """A generation config that supports ``generate(features, language=..., task="transcribe")``.
+
+    Built directly (not via ``from_model_config``, whose result drops the language fields on reload).
+    """
+    ids = tokenizer.convert_tokens_to_ids
+    eot = ids(EOT)
+    return GenerationConfig(
+        decoder_start_token_id=ids(SOT), bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+        lang_to_id={f"<|{c}|>": ids(f"<|{c}|>") for c in LANGUAGES},
+        task_to_id={"translate": ids("<|translate|>"), "transcribe": ids("<|transcribe|>")},
+        no_timestamps_token_id=ids("<|notimestamps|>"), is_multilingual=True,
+        begin_suppress_tokens=[eot], suppress_tokens=[], max_length=max_length,
+        return_timestamps=False,
+    )
+
+
+def build_model(dims: Mapping[str, Any], tokenizer: WhisperTokenizer, chunk_length_s: int,
+                attn_implementation: str = "sdpa") -> WhisperForConditionalGeneration:
+    """A randomly initialised Whisper with the dimensions in ``dims`` (params ``model.whisper``)."""
+    ids = tokenizer.convert_tokens_to_ids
+    eot = ids(EOT)
+    frames = 100 * chunk_length_s
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=int(dims.get("num_mel_bins", 80)),
+        d_model=int(dims["d_model"]), encoder_layers=int(dims["encoder_layers"]),
+        decoder_layers=int(dims["decoder_layers"]), encoder_attention_heads=int(dims["attention_heads"]),
+        decoder_attention_heads=int(dims["attention_heads"]), encoder_ffn_dim=int(dims["ffn_dim"]),
+        decoder_ffn_dim=int(dims["ffn_dim"]), max_source_positions=frames // 2,
+        max_target_positions=int(dims["max_target_positions"]), dropout=float(dims.get("dropout", 0.0)),
+        decoder_start_token_id=ids(SOT), bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+        suppress_tokens=[], begin_suppress_tokens=[eot], tie_word_embeddings=True,
+    )
+    config._attn_implementation = attn_implementation
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = generation_config_for(tokenizer, max_length=int(dims["max_target_positions"]))
+    return model
+
+
+def check_window(processor: WhisperProcessor, model: WhisperForConditionalGeneration) -> None:
+    """Raise if the feature extractor's window and the encoder's positions disagree."""
+    frames = processor.feature_extractor.nb_max_frames
+    if frames != 2 * model.config.max_source_positions:
+        raise ValueError(f"feature extractor gives {frames} frames but the model expects "
+                         f"2 x max_source_positions = {2 * model.config.max_source_positions}")
+
+
+def load_pretrained(path_or_id: str | Path, attn_implementation: str = "sdpa"
+                    ) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+    """Load model + processor from a local ``save_pretrained`` directory or a hub id (paper profile)."""
+    model = WhisperForConditionalGeneration.from_pretrained(str(path_or_id), attn_implementation=attn_implementation)
+    processor = WhisperProcessor.from_pretrained(str(path_or_id))
+    check_window(processor, model)
+    return model, processor
+
+
+def label_ids(tokenizer: WhisperTokenizer, text: str, language: str) -> list[int]:
+    """Decoder targets: the prefix (language, task, notimestamps), the text, EOT — without SOT,
+    which the model prepends itself when shifting labels right."""
+    tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
+    return tokenizer(text).input_ids[1:]

@@ -1,0 +1,46 @@
+"""Batch builders: dataset rows (common schema) -> model inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import WhisperProcessor
+
+from asrcompress.models.whisper import label_ids
+
+
+class WhisperCollator:
+    """Log-mel features + decoder labels (language/task prefix, text, EOT; padding = -100).
+
+    ``language`` overrides the row's own language code (e.g. the Bambara stand-in uses Whisper's
+    ``sw`` token, as Whisper has no Bambara token).
+    """
+
+    def __init__(self, processor: WhisperProcessor, language: str | None = None) -> None:
+        self.processor = processor
+        self.language = language
+        self.max_samples = processor.feature_extractor.n_samples
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        audio = []
+        for row in rows:
+            arr = np.asarray(row["audio"]["array"], dtype=np.float32)
+            if arr.size > self.max_samples:
+                raise ValueError(f"{row['id']}: audio is {arr.size / 16000:.2f} s, longer than the model's "
+                                 f"{self.max_samples / 16000:.0f} s window")
+            audio.append(arr)
+        feats = self.processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+        tok = self.processor.tokenizer
+        labels = []
+        for row in rows:
+            if not row["text"].strip():
+                raise ValueError(f"{row['id']}: empty transcript in field 'text'")
+            labels.append(label_ids(tok, row["text"], self.language or row["language"]))
+        width = max(len(x) for x in labels)
+        lab = torch.full((len(labels), width), -100, dtype=torch.long)
+        for i, ids in enumerate(labels):
+            lab[i, :len(ids)] = torch.tensor(ids)
+        return {"input_features": feats, "labels": lab}

@@ -1,0 +1,152 @@
+"""The offline Whisper: local tokenizer, generation config, generate(), save/reload, training loop."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperProcessor
+
+from asrcompress.data.text_gen import make_sentences
+from asrcompress.inference import transcribe_whisper
+from asrcompress.models.whisper import (
+    build_feature_extractor,
+    build_model,
+    build_tokenizer,
+    check_window,
+    label_ids,
+    load_pretrained,
+    train_bpe,
+)
+from asrcompress.train.collate import WhisperCollator
+from asrcompress.train.loop import TrainConfig, TrainingError, train
+
+DIMS = dict(d_model=32, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=64, max_target_positions=48)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    texts = [t for lang in ("en", "hi", "bm") for t in make_sentences(lang, 60, 0, 0, seed=0).train]
+    vocab, merges = train_bpe(texts, 400)
+    return WhisperProcessor(feature_extractor=build_feature_extractor(1), tokenizer=build_tokenizer(vocab, merges))
+
+
+@pytest.fixture
+def rows():
+    rng = np.random.default_rng(0)
+    texts = make_sentences("en", 8, 0, 0, seed=1).train
+    return [{"id": f"u{i}", "text": t, "language": "en",
+             "audio": {"array": (0.1 * rng.standard_normal(12000)).astype(np.float32), "sampling_rate": 16000}}
+            for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("text,lang", [("room 125 in the morning", "en"), ("नदी में अच्छा अख़बार है।", "hi"),
+                                       ("n balima bɛna taa école bi", "sw")])
+def test_tokenizer_round_trip_with_prefix(processor, text, lang):
+    tok = processor.tokenizer
+    ids = label_ids(tok, text, lang)
+    assert ids[0] == tok.convert_tokens_to_ids(f"<|{lang}|>")
+    assert ids[1] == tok.convert_tokens_to_ids("<|transcribe|>")
+    assert ids[2] == tok.convert_tokens_to_ids("<|notimestamps|>")
+    assert ids[-1] == tok.convert_tokens_to_ids("<|endoftext|>")
+    assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_language_tokens_in_whisper_order(processor):
+    tok = processor.tokenizer
+    sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
+    assert tok.convert_tokens_to_ids("<|en|>") == sot + 1  # "en" is first in Whisper's LANGUAGES
+    assert tok.convert_tokens_to_ids("<|hi|>") > sot
+
+
+def test_bpe_needs_300_tokens():
+    with pytest.raises(ValueError, match="vocab_size=200"):
+        train_bpe(["a b c"], 200)
+
+
+def test_generate_save_reload(processor, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(DIMS, processor.tokenizer, chunk_length_s=1).eval()
+    check_window(processor, model)
+    feats = processor.feature_extractor([np.ones(8000, np.float32) * 0.1], sampling_rate=16000,
+                                        return_tensors="pt").input_features
+    out = model.generate(feats, language="hi", task="transcribe", max_new_tokens=4)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    again, proc2 = load_pretrained(tmp_path)
+    assert torch.equal(again.generate(feats, language="hi", task="transcribe", max_new_tokens=4), out)
+    assert again.generation_config.lang_to_id["<|hi|>"] == processor.tokenizer.convert_tokens_to_ids("<|hi|>")
+    assert proc2.tokenizer.decode(label_ids(proc2.tokenizer, "घर में", "hi"), skip_special_tokens=True) == "घर में"
+
+
+def test_window_mismatch_is_an_error(processor):
+    model = build_model(DIMS, processor.tokenizer, chunk_length_s=2)
+    with pytest.raises(ValueError, match="frames"):
+        check_window(processor, model)
+
+
+def test_collator_errors_name_item_and_field(processor, rows):
+    collate = WhisperCollator(processor, "en")
+    rows[1]["text"] = "  "
+    with pytest.raises(ValueError, match="u1: empty transcript in field 'text'"):
+        collate(rows[:2])
+    rows[1]["text"] = "ok"
+    rows[0]["audio"]["array"] = np.zeros(40000, np.float32)
+    with pytest.raises(ValueError, match="u0: audio is 2.50 s, longer than"):
+        collate(rows[:2])
+
+
+def _cfg(**kw):
+    return TrainConfig(**{**dict(max_steps=6, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=100,
+                                 seed=7, num_threads=1), **kw})
+
+
+def test_training_lowers_loss_and_transcribes(processor, rows, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
+    summary = train(model, rows, WhisperCollator(processor, "en"), _cfg(max_steps=40), tmp_path / "ck",
+                    tmp_path / "loss.csv")
+    losses = np.loadtxt(tmp_path / "loss.csv", delimiter=",", skiprows=1, usecols=1)
+    assert summary["steps"] == 40 and len(losses) == 40
+    assert losses[-5:].mean() < 0.7 * losses[:5].mean()
+    hyps, lengths = transcribe_whisper(model, processor, rows[:3], "en", batch_size=2, max_new_tokens=8,
+                                       progress=False)
+    assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps) and all(n >= 1 for n in lengths)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(processor, rows, tmp_path):
+    collate = WhisperCollator(processor, "en")
+    torch.manual_seed(0)
+    straight = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
+    train(straight, rows, collate, _cfg(), tmp_path / "a", tmp_path / "a.csv")
+
+    def stop_at_3(model, step):  # Ctrl-C arriving during step 3
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    torch.manual_seed(0)
+    resumed = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(resumed, rows, collate, _cfg(), tmp_path / "b", tmp_path / "b.csv", after_step=stop_at_3)
+    torch.manual_seed(123)  # a fresh process: different init, the checkpoint must win
+    resumed = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
+    summary = train(resumed, rows, collate, _cfg(), tmp_path / "b", tmp_path / "b.csv")
+    assert summary["resumed_from"] == 3
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert len(np.loadtxt(tmp_path / "b.csv", delimiter=",", skiprows=1)) == 6
+
+
+def test_nan_loss_stops_with_the_step(processor, rows, tmp_path):
+    model = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
+    with pytest.raises(TrainingError, match="step 0: loss is nan"):
+        train(model, rows, WhisperCollator(processor, "en"), _cfg(), tmp_path / "c", tmp_path / "c.csv",
+              extra_loss=lambda m, b, o: torch.tensor(float("nan")))
+
+
+def test_bad_train_params_are_named():
+    with pytest.raises(ValueError, match="unknown training key"):
+        TrainConfig.from_params({"max_steps": 3, "batch_size": 2, "lr": 0.1, "learning_rate": 1}, 0)
+    with pytest.raises(ValueError, match="train.lr|'lr' must be float"):
+        TrainConfig.from_params({"max_steps": 3, "batch_size": 2, "lr": "fast"}, 0)
