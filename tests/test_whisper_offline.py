@@ -94,7 +94,7 @@ def test_collator_errors_name_item_and_field(processor, rows):
     rows[1]["text"] = "ok"
     rows[0]["audio"]["array"] = np.zeros(40000, np.float32)
     with pytest.raises(ValueError, match="u0: audio is 2.50 s, longer than"):
-        collate(rows[:2])
+        WhisperCollator(processor, "en")(rows[:2])
 
 
 def _cfg(**kw):

@@ -24,16 +24,13 @@ from dataclasses import dataclass
 # ---------------------------------------------------------------------------------------- English
 _EN = {
     "det": ["the", "a", "my", "your", "our", "this", "that"],
-    "adj": ["red", "small", "old", "quiet", "bright", "heavy", "cold", "green", "happy", "strange",
-            "tall", "soft"],
+    "adj": ["red", "small", "old", "quiet", "heavy", "green", "happy", "strange"],
     "noun": ["cat", "dog", "farmer", "teacher", "river", "window", "garden", "doctor", "train",
-             "market", "letter", "bottle", "child", "village", "horse", "kitchen", "student", "song"],
-    "verb_past": ["found", "opened", "carried", "painted", "watched", "cleaned", "moved", "sold",
-                  "visited", "counted", "followed", "washed"],
-    "prep": ["near", "behind", "under", "beside", "inside"],
-    "time": ["today", "yesterday", "tonight", "on monday", "on friday", "in the morning",
-             "every evening"],
-    "plural": ["apples", "boxes", "books", "chairs", "stones", "coins", "birds", "cups"],
+             "market", "letter", "bottle", "village", "horse"],
+    "verb_past": ["found", "opened", "carried", "painted", "watched", "cleaned", "sold", "visited"],
+    "prep": ["near", "behind", "under", "inside"],
+    "time": ["today", "yesterday", "tonight", "on monday", "in the morning"],
+    "plural": ["apples", "boxes", "books", "chairs", "stones", "birds"],
 }
 _EN_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 _EN_TEENS = ["ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
@@ -64,14 +61,13 @@ def _en_sentence(rng: random.Random) -> str:
     if form == 0:
         return f"{c(w['det'])} {c(w['adj'])} {c(w['noun'])} {c(w['verb_past'])} {c(w['det'])} {c(w['noun'])}"
     if form == 1:
-        n = rng.randrange(2, 100)
-        count = str(n) if rng.random() < 0.5 else english_number(n)  # numerals and words both occur
+        n = rng.randrange(2, 20) if rng.random() < 0.7 else rng.randrange(2, 10) * 10
+        count = str(n) if rng.random() < 0.25 else english_number(n)  # numerals and words both occur
         return f"{c(w['det'])} {c(w['noun'])} {c(w['verb_past'])} {count} {c(w['plural'])} {c(w['time'])}"
     if form == 2:
         return f"{c(w['det'])} {c(w['noun'])} is {c(w['prep'])} {c(w['det'])} {c(w['adj'])} {c(w['noun'])}"
     if form == 3:
-        n = rng.randrange(100, 1000)
-        return f"room {n} {c(w['time'])}"
+        return f"room {rng.randrange(1, 10)} {c(w['time'])}"
     return f"{c(w['time'])} {c(w['det'])} {c(w['adj'])} {c(w['noun'])} {c(w['verb_past'])} the {c(w['plural'])}"
 
 

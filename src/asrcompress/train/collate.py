@@ -16,23 +16,29 @@ class WhisperCollator:
     """Log-mel features + decoder labels (language/task prefix, text, EOT; padding = -100).
 
     ``language`` overrides the row's own language code (e.g. the Bambara stand-in uses Whisper's
-    ``sw`` token, as Whisper has no Bambara token).
+    ``sw`` token, as Whisper has no Bambara token). Log-mel features are cached per row id after
+    the first epoch (computing them costs about as much as a training step of the tiny model).
     """
 
     def __init__(self, processor: WhisperProcessor, language: str | None = None) -> None:
         self.processor = processor
         self.language = language
         self.max_samples = processor.feature_extractor.n_samples
+        self._features: dict[str, torch.Tensor] = {}
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        todo = [row for row in rows if row["id"] not in self._features]
         audio = []
-        for row in rows:
+        for row in todo:
             arr = np.asarray(row["audio"]["array"], dtype=np.float32)
             if arr.size > self.max_samples:
                 raise ValueError(f"{row['id']}: audio is {arr.size / 16000:.2f} s, longer than the model's "
                                  f"{self.max_samples / 16000:.0f} s window")
             audio.append(arr)
-        feats = self.processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+        if todo:
+            new = self.processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+            self._features.update({row["id"]: f for row, f in zip(todo, new, strict=True)})
+        feats = torch.stack([self._features[row["id"]] for row in rows])
         tok = self.processor.tokenizer
         labels = []
         for row in rows:
