@@ -14,12 +14,17 @@ dense and pruned interleaved (so machine noise hits both), median reported.
     (which also computes the cross-attention keys/values of all 1500 frames) is reported apart from the
     per-token cost of the later steps. The median of each row is taken separately.
 
-Run: ``python benchmarks/bench_surgery.py`` (about 1-2 minutes on 2 cores).
+Run: ``python benchmarks/bench_surgery.py [--threads N] [--repeats R] [--steps S]`` (3-4 minutes on 2 cores).
+On a shared machine the 1-minute load average is printed: with more runnable processes than cores, every
+parallel op of a small decoder step can stall waiting for a descheduled worker thread, which inflates the
+per-token decoder time regardless of model size (``--threads 1`` avoids those stalls).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -71,7 +76,14 @@ def timed(fn) -> float:
 
 
 def main() -> None:
-    torch.set_num_threads(THREADS)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch.set_num_threads (default %(default)s)")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per model (default %(default)s)")
+    ap.add_argument("--steps", type=int, default=DECODE_STEPS, help="forced decoder steps (default %(default)s)")
+    args = ap.parse_args()
+    threads, repeats, steps = args.threads, args.repeats, args.steps
+    load_start = os.getloadavg()[0]
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     config = WhisperConfig(**WHISPER_SMALL)
@@ -92,18 +104,18 @@ def main() -> None:
                            generator=torch.Generator().manual_seed(1))
     enc_out = {name: encode(m, features) for name, m in (("dense", dense), ("pruned", pruned))}  # warm-up
     for name, m in (("dense", dense), ("pruned", pruned)):
-        decode(m, enc_out[name], DECODE_STEPS)  # warm-up
+        decode(m, enc_out[name], steps)  # warm-up
 
     keys = ("enc", "dec_first", "dec_rest", "dec_total")
     times: dict[str, list[float]] = {f"{k}_{n}": [] for k in keys for n in ("dense", "pruned")}
-    for r in range(REPEATS):
+    for r in range(repeats):
         order = [("dense", dense), ("pruned", pruned)]
         if r % 2:
             order.reverse()  # alternate who goes first
         for name, m in order:
             times[f"enc_{name}"].append(timed(lambda m=m: encode(m, features)))
         for name, m in order:
-            first, rest = decode(m, enc_out[name], DECODE_STEPS)
+            first, rest = decode(m, enc_out[name], steps)
             times[f"dec_first_{name}"].append(first)
             times[f"dec_rest_{name}"].append(rest)
             times[f"dec_total_{name}"].append(first + rest)
@@ -115,18 +127,19 @@ def main() -> None:
         ("safetensors bytes", f"{disk_dense:,}", f"{disk_pruned:,}", disk_pruned / disk_dense),
         ("encoder 30 s window (s)", f"{med['enc_dense']:.3f}", f"{med['enc_pruned']:.3f}",
          med["enc_pruned"] / med["enc_dense"]),
-        (f"decoder {DECODE_STEPS} steps, KV cache (s)", f"{med['dec_total_dense']:.3f}",
+        (f"decoder {steps} steps, KV cache (s)", f"{med['dec_total_dense']:.3f}",
          f"{med['dec_total_pruned']:.3f}", med["dec_total_pruned"] / med["dec_total_dense"]),
         ("  step 1 incl. cross K/V (s)", f"{med['dec_first_dense']:.3f}", f"{med['dec_first_pruned']:.3f}",
          med["dec_first_pruned"] / med["dec_first_dense"]),
-        (f"  steps 2..{DECODE_STEPS} per token (ms)", f"{1000 * med['dec_rest_dense'] / (DECODE_STEPS - 1):.1f}",
-         f"{1000 * med['dec_rest_pruned'] / (DECODE_STEPS - 1):.1f}", med["dec_rest_pruned"] / med["dec_rest_dense"]),
+        (f"  steps 2..{steps} per token (ms)", f"{1000 * med['dec_rest_dense'] / (steps - 1):.1f}",
+         f"{1000 * med['dec_rest_pruned'] / (steps - 1):.1f}", med["dec_rest_pruned"] / med["dec_rest_dense"]),
     ]
     print(f"Whisper-small architecture, random weights, attn_implementation={ATTN!r}, torch {torch.__version__}, "
-          f"{THREADS} threads, median of {REPEATS} interleaved runs after 1 warm-up")
+          f"{threads} threads, median of {repeats} interleaved runs after 1 warm-up")
     print("pruned = 50% of FFN neurons and 50% of attention heads (self + cross) removed in every layer "
           "(physical surgery)")
-    print(f"build {t_build:.1f} s, surgery {t_prune:.2f} s")
+    print(f"build {t_build:.1f} s, surgery {t_prune:.2f} s; 1-min load average {load_start:.2f} at start, "
+          f"{os.getloadavg()[0]:.2f} at end on {os.cpu_count()} CPUs (other processes inflate latencies)")
     print(f"{'':34s} {'dense':>16s} {'pruned':>16s} {'pruned/dense':>13s}")
     for label, a, b, ratio in rows:
         print(f"{label:34s} {a:>16s} {b:>16s} {ratio:>13.3f}")

@@ -1,5 +1,6 @@
 """Timing helpers: sample counts, interleaving, summaries, runtime record, forced greedy decoding."""
 
+import pytest
 import torch
 
 from asrcompress.measure.latency import (
@@ -12,6 +13,15 @@ from asrcompress.measure.latency import (
     time_callable,
     whisper_greedy_decode,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and immune to a busy machine's oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_time_callable_counts_warmup_and_repeats():
@@ -59,3 +69,15 @@ def test_forced_greedy_decode_length(tiny_whisper, whisper_features):
             logits = tiny_whisper(input_features=whisper_features, decoder_input_ids=ids).logits
             ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
     assert torch.equal(ids, out)
+
+
+def test_time_real_keys_on_tiny_models(tiny_whisper):
+    from conftest import make_tiny_ctc
+
+    from asrcompress.measure.real_scale import time_real
+
+    w = time_real({"a": tiny_whisper, "b": tiny_whisper}, n_tokens=3, warmup=0, repeats=2)
+    assert w["a"]["latency_encoder_n"] == 2 and w["b"]["latency_decoder_token_n"] == 2
+    assert w["a"]["rtfx_30s"] > 0 and w["a"]["decode_tokens"] == 3
+    c = time_real({"x": make_tiny_ctc("hubert")}, ctc_seconds=0.5, warmup=0, repeats=2)
+    assert c["x"]["latency_forward_n"] == 2 and c["x"]["rtfx"] > 0 and c["x"]["audio_s"] == 0.5

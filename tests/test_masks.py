@@ -17,7 +17,13 @@ from asrcompress.compress.masks import (
     sparse_storage_bytes,
     sparsity_report,
 )
-from asrcompress.compress.surgery import num_parameters
+from asrcompress.compress.surgery import (
+    SurgeryError,
+    merge_layers,
+    num_parameters,
+    prune_ffn_neurons,
+    prune_heads,
+)
 
 FC1 = "model.encoder.layers.0.fc1.weight"
 Q = "model.decoder.layers.1.self_attn.q_proj.weight"
@@ -106,3 +112,23 @@ def test_sparse_storage_bytes_counts_csr_parts():
     assert dense["csr_bytes"] > dense["dense_bytes"]  # CSR only pays off when sparse enough
     conv = sparse_storage_bytes(torch.zeros(4, 3, 5))
     assert conv == {"dense_bytes": 240, "csr_bytes": 5 * 8, "nnz": 0}
+
+
+def test_structured_surgery_cuts_stored_masks(tiny_whisper, whisper_features):
+    m = tiny_whisper
+    fc2 = "model.encoder.layers.0.fc2.weight"
+    masks = half_masks(m, [FC1, fc2, Q])
+    apply_masks(m, masks)
+    prune_ffn_neurons(m, "encoder", 0, [0, 5])
+    prune_heads(m, "decoder", 1, [2])
+    stored = get_masks(m)
+    keep = [i for i in range(128) if i not in (0, 5)]
+    assert torch.equal(stored[FC1], masks[FC1][keep])
+    assert torch.equal(stored[fc2], masks[fc2][:, keep])
+    assert torch.equal(stored[Q], torch.cat([masks[Q][:32], masks[Q][48:]]))
+    assert reapply_masks(m) == 3
+    assert m.generate(whisper_features, max_new_tokens=3).shape[0] == 2
+    with pytest.raises(SurgeryError, match=r"encoder layer 0: fc1.asrc_mask__weight holds an unstructured mask"):
+        merge_layers(m, "encoder", 0, 0.5, 0.5)
+    make_permanent(m)
+    assert get_masks(m) == {}

@@ -12,6 +12,15 @@ from asrcompress.measure.params import count_params, percent_reduction
 from asrcompress.measure.real_scale import REFERENCE_PARAMS, build_real, real_config
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and immune to a busy machine's oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name", ["whisper-small", "whisper-medium", "wav2vec2-base", "hubert-large"])
 def test_real_configs_on_meta(name):
     p = count_params(build_real(name, device="meta"))
@@ -95,3 +104,27 @@ def test_peak_rss_probe_loads_compressed_checkpoint(tmp_path):
     assert r["peak_rss_mib"] >= r["baseline_rss_mib"] > 50  # torch is imported before the baseline
     assert 0 <= r["peak_rss_delta_mib"] < 500
     assert r["cuda_peak_mib"] is None
+
+
+def test_project_tiny_structure_onto_real_layers():
+    from asrcompress.compress.surgery import prune_ffn_neurons, prune_heads, remove_layers, structure_of
+
+    tiny = make_tiny_whisper()
+    remove_layers(tiny, "decoder", [1])
+    prune_heads(tiny, "encoder", 0, [0, 1])
+    prune_ffn_neurons(tiny, "encoder", 1, range(32))
+    real = build_real("whisper-small", structure_of(tiny), device="meta")
+    enc = real.model.encoder.layers
+    assert len(enc) == 12 and len(real.model.decoder.layers) == 6  # tiny decoder layer 1 -> real 6..11
+    assert [layer.self_attn.num_heads for layer in enc] == [6] * 6 + [12] * 6
+    assert [layer.fc1.out_features for layer in enc] == [3072] * 6 + [2304] * 6
+
+
+@pytest.mark.gpu
+def test_cuda_peak_memory():
+    from asrcompress.measure.memory import cuda_peak_mib
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    peak = cuda_peak_mib(lambda: torch.ones(256, 1024, 1024, device="cuda"))  # 1 GiB of fp32
+    assert 1023 <= peak < 1100

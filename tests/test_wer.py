@@ -81,3 +81,10 @@ def test_paired_tests_identical_and_worse():
     assert matched_pairs_test(ea, eb)["p_value_b_worse"] < 0.01
     assert sign_test(ea, eb)["p_value_b_worse"] < 0.01
     assert paired_bootstrap(eb, ea, n_ref, n_resamples=500, seed=0)["p_value_b_worse"] > 0.99
+
+
+def test_whisper_basic_hides_hindi_vowel_errors():
+    ref, hyp = ["हिंदी भाषा"], ["हिंदू भाषा"]  # a different vowel sign: a real word error
+    assert score(ref, hyp, "hindi")["wer_pct"] == pytest.approx(50.0)
+    hidden = score(ref, hyp, "whisper_basic")
+    assert hidden["wer_pct"] == 0.0 and hidden["n_ref_words"] == 4  # bare consonants, words split

@@ -6,6 +6,9 @@ is not written to the state dict / checkpoint). After an optimiser step call :fu
 the masked entries again. :func:`make_permanent` reapplies once and forgets the masks (weights stay zero);
 :func:`remove_masks` forgets them without touching the weights.
 
+Structured surgery (``surgery.prune_ffn_neurons``/``prune_heads``) cuts stored masks together with the
+weights they belong to; ``merge_layers``/``factorize_embedding`` refuse masked inputs.
+
 A masked weight is still a parameter: ``num_parameters`` and the dense checkpoint do not shrink.
 :func:`sparsity_report` counts zeros; :func:`sparse_storage_bytes` gives what a CSR (``torch.sparse_csr``)
 copy of a tensor would take next to its dense size.
@@ -21,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "MASK_PREFIX",
     "MaskError",
     "apply_masks",
     "reapply_masks",
@@ -31,7 +35,7 @@ __all__ = [
     "sparse_storage_bytes",
 ]
 
-_PREFIX = "asrc_mask__"
+MASK_PREFIX = "asrc_mask__"  # buffer name prefix; surgery slices such buffers along with their weights
 
 
 class MaskError(ValueError):
@@ -68,7 +72,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
             mask_t = mask_t != 0
         checked.append((module, leaf, mask_t.to(param.device)))
     for module, leaf, mask_t in checked:
-        buf = _PREFIX + leaf
+        buf = MASK_PREFIX + leaf
         old = module._buffers.get(buf)
         if old is not None:
             mask_t = mask_t & old
@@ -82,8 +86,8 @@ def reapply_masks(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         for buf, mask in module._buffers.items():
-            if buf.startswith(_PREFIX) and mask is not None:
-                module._parameters[buf[len(_PREFIX):]].mul_(mask)
+            if buf.startswith(MASK_PREFIX) and mask is not None:
+                module._parameters[buf[len(MASK_PREFIX):]].mul_(mask)
                 count += 1
     return count
 
@@ -93,8 +97,8 @@ def get_masks(model: nn.Module) -> dict[str, Tensor]:
     out = {}
     for mname, module in model.named_modules():
         for buf, mask in module._buffers.items():
-            if buf.startswith(_PREFIX) and mask is not None:
-                leaf = buf[len(_PREFIX):]
+            if buf.startswith(MASK_PREFIX) and mask is not None:
+                leaf = buf[len(MASK_PREFIX):]
                 out[f"{mname}.{leaf}" if mname else leaf] = mask
     return out
 
@@ -103,7 +107,7 @@ def remove_masks(model: nn.Module) -> dict[str, Tensor]:
     """Forget all stored masks (weights are left as they are) and return them."""
     masks = get_masks(model)
     for module in model.modules():
-        for buf in [b for b in module._buffers if b.startswith(_PREFIX)]:
+        for buf in [b for b in module._buffers if b.startswith(MASK_PREFIX)]:
             del module._buffers[buf]
     return masks
 

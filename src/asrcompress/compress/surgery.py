@@ -58,6 +58,8 @@ from transformers.models.hubert.modeling_hubert import HubertAttention
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Attention
 from transformers.models.whisper.modeling_whisper import WhisperAttention
 
+from asrcompress.compress.masks import MASK_PREFIX
+
 __all__ = [
     "SurgeryError",
     "LowRankEmbedding",
@@ -254,17 +256,36 @@ def _set_linear(lin: nn.Linear, weight: Tensor, bias: Tensor | None) -> None:
     lin.out_features, lin.in_features = weight.shape
 
 
+def _slice_masks(lin: nn.Linear, dim: int, keep: Tensor) -> None:
+    """Cut stored unstructured masks (see :mod:`.masks`) of ``lin`` like its weight/bias."""
+    for leaf in ("weight", "bias"):
+        buf = MASK_PREFIX + leaf
+        mask = lin._buffers.get(buf)
+        if mask is None or (leaf == "bias" and dim == 1):
+            continue
+        lin._buffers[buf] = mask.index_select(dim, keep.to(mask.device))
+
+
 @torch.no_grad()
 def _keep_rows(lin: nn.Linear, keep: Tensor) -> None:
     keep = keep.to(lin.weight.device)
     bias = lin.bias.index_select(0, keep) if lin.bias is not None else None
     _set_linear(lin, lin.weight.index_select(0, keep), bias)
+    _slice_masks(lin, 0, keep)
 
 
 @torch.no_grad()
 def _keep_cols(lin: nn.Linear, keep: Tensor) -> None:
     keep = keep.to(lin.weight.device)
     _set_linear(lin, lin.weight.index_select(1, keep), None)
+    _slice_masks(lin, 1, keep)
+
+
+def _refuse_masks(module: nn.Module, where: str) -> None:
+    for name, _buf in module.named_buffers():
+        if name.rpartition(".")[2].startswith(MASK_PREFIX):
+            raise SurgeryError(f"{where}: {name} holds an unstructured mask; call masks.make_permanent() or "
+                               "masks.remove_masks() first")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -466,8 +487,10 @@ def merge_layers(model: nn.Module, stack: str, first: int, alpha: float, beta: f
     first = _as_index(first, f"{stack}: layer {first!r}")
     if not 0 <= first < n - 1:
         raise SurgeryError(f"{stack}: cannot merge layers {first} and {first + 1} ({stack} has {n} layers)")
-    _stamp(model)
     a, b = lst[first], lst[first + 1]
+    _refuse_masks(a, f"{stack} layer {first}")
+    _refuse_masks(b, f"{stack} layer {first + 1}")
+    _stamp(model)
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     if pa.keys() != pb.keys() or type(a) is not type(b):
         raise SurgeryError(f"{stack} layers {first} and {first + 1}: parameter sets differ "
@@ -601,6 +624,7 @@ def factorize_embedding(model: nn.Module, A: Tensor, B: Tensor) -> None:
                            f"{tuple(A.shape)} and {tuple(B.shape)}")
     if A.shape[1] < 1:
         raise SurgeryError("decoder embedding: rank must be >= 1")
+    _refuse_masks(model.model.decoder.embed_tokens, "decoder embedding")
     _stamp(model)
     old = model.model.decoder.embed_tokens
     ref = old.A if isinstance(old, LowRankEmbedding) else old.weight

@@ -165,13 +165,17 @@ def whisper_decoder_step_macs(model, past_len: int) -> int:
         return count_macs(_WhisperDecoderStep(model, enc, _prefilled_cache(model, enc, past_len)), ids)
 
 
-def whisper_cross_kv_macs(model) -> int:
-    """MACs of computing the cross-attention K/V of all decoder layers (once per utterance)."""
+def _first_call_macs(model) -> int:
+    """MACs of the first decoder call (one token, empty cache: cross K/V computed), logits included."""
     enc = _whisper_encoder_states(model)
     ids = torch.full((1, 1), model.config.decoder_start_token_id, device=enc.device)
     with eager_attention(model):
-        first = count_macs(_WhisperDecoderStep(model, enc, None), ids)
-    return first - whisper_decoder_step_macs(model, 0)
+        return count_macs(_WhisperDecoderStep(model, enc, None), ids)
+
+
+def whisper_cross_kv_macs(model) -> int:
+    """MACs of computing the cross-attention K/V of all decoder layers (once per utterance)."""
+    return _first_call_macs(model) - whisper_decoder_step_macs(model, 0)
 
 
 @dataclass
@@ -198,7 +202,7 @@ class WhisperCost:
 def whisper_cost(model, probe_len: int = 16) -> WhisperCost:
     """Measure the encoder, cross K/V and the affine per-step cost (steps at L=0 and L=probe_len)."""
     s0, s1 = whisper_decoder_step_macs(model, 0), whisper_decoder_step_macs(model, probe_len)
-    return WhisperCost(encoder=whisper_encoder_macs(model), cross_kv=whisper_cross_kv_macs(model),
+    return WhisperCost(encoder=whisper_encoder_macs(model), cross_kv=_first_call_macs(model) - s0,
                        step_base=s0, step_slope=(s1 - s0) / probe_len)
 
 

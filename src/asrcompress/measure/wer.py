@@ -2,7 +2,8 @@
 
 Conventions (the same for every model variant):
 - WER = (S + D + I) / N over the whole set (N = reference words), not a mean of per-utterance
-  WERs. CER likewise over characters; jiwer counts the spaces between words as characters.
+  WERs. CER likewise over characters: Unicode code points after NFC (a Devanagari vowel sign
+  or virama is one character), spaces between words included (jiwer's convention).
 - Raw scores use only whitespace splitting; normalised scores apply ``get_normalizer(name)`` to
   references and hypotheses first.
 - Empty reference (after normalisation): the utterance contributes N = 0 and every hypothesis

@@ -50,3 +50,28 @@ class WhisperCollator:
         for i, ids in enumerate(labels):
             lab[i, :len(ids)] = torch.tensor(ids)
         return {"input_features": feats, "labels": lab}
+
+
+class CTCCollator:
+    """Raw 16 kHz waveforms (normalised per utterance, zero-padded) + attention mask + CTC character
+    labels (``|`` between words; padding = -100) for wav2vec 2.0 / HuBERT ``*ForCTC`` models."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from asrcompress.models.ctc import label_ids as ctc_label_ids
+
+        audio = [np.asarray(row["audio"]["array"], dtype=np.float32) for row in rows]
+        inputs = self.processor.feature_extractor(audio, sampling_rate=16000, padding=True, return_tensors="pt",
+                                                  return_attention_mask=True)
+        labels = []
+        for row in rows:
+            if not row["text"].strip():
+                raise ValueError(f"{row['id']}: empty transcript in field 'text'")
+            labels.append(ctc_label_ids(self.processor.tokenizer, row["text"]))
+        width = max(len(x) for x in labels)
+        lab = torch.full((len(labels), width), -100, dtype=torch.long)
+        for i, ids in enumerate(labels):
+            lab[i, :len(ids)] = torch.tensor(ids)
+        return {"input_values": inputs.input_values, "attention_mask": inputs.attention_mask, "labels": lab}

@@ -1,0 +1,50 @@
+"""measure@<variant>: params, memory, FLOPs, WER/CER and latency of one model variant.
+
+    python stages/measure.py <variant-key> <metrics-json> <hyps-jsonl>
+
+The variant's model directory, corpus, reference and real-scale architecture come from
+``dense.<key>`` or ``variants.<key>`` in params.yaml; a variant's reference is a dense variant
+whose metrics and hypotheses must exist (dvc.yaml lists them as deps).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from asrcompress.config import derive_seed, get, load_params
+from asrcompress.io import load_split, log, read_json, setup_logging, write_json, write_jsonl
+from asrcompress.measure.suite import measure_variant
+
+
+def main(key: str, metrics_path: str, hyps_path: str) -> None:
+    setup_logging()
+    cfg = load_params()
+    section = "dense" if key in cfg.get("dense", {}) else "variants"
+    variant = get(cfg, f"{section}.{key}", dict)
+    corpus = get(variant, "corpus", str)
+    reference = variant.get("reference")
+    ref_dir = ref_metrics = ref_errors = None
+    if reference:
+        ref_dir = get(cfg, f"dense.{reference}.model", str)
+        ref_metrics = read_json(Path(metrics_path).with_name(f"{reference}.json"))
+        ref_hyps = Path(hyps_path).with_name(f"{reference}.jsonl")
+        ref_errors = [json.loads(line)["errors"] for line in ref_hyps.read_text().splitlines()]
+    rows = load_split(f"data/corpora/{corpus}", "test")
+    metrics, hyps = measure_variant(
+        get(variant, "model", str), rows, get(cfg, f"corpora.{corpus}.whisper_language", str),
+        get(cfg, f"corpora.{corpus}.normalizer", str), get(cfg, "measure", dict),
+        derive_seed(get(cfg, "seed", int), "measure", key), reference_dir=ref_dir,
+        reference_metrics=ref_metrics, reference_errors=ref_errors, real_scale=variant.get("real_scale"))
+    metrics = {"variant": key, "reference": reference, **metrics}
+    write_json(metrics_path, metrics)
+    write_jsonl(hyps_path, hyps)
+    log.info("measure@%s: %s -> %s | %.3f M params, WER %.2f%% [%.2f, %.2f], %.3f GMACs/utt, %.1f ms/utt",
+             key, variant["model"], metrics_path, metrics["params_m"], metrics["wer_pct"],
+             metrics["wer_ci_low_pct"], metrics["wer_ci_high_pct"], metrics["gmacs_utterance"],
+             metrics["latency_ms_p50"])
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
