@@ -1,0 +1,372 @@
+"""Sparsity-aware self-pinching gates (paper 4, arXiv 2505.22608): one-pass pruning of CTC models.
+
+Unstructured gates (the paper's method)
+---------------------------------------
+Each prunable linear layer ``l`` (every ``nn.Linear`` of the encoder's transformer layers:
+attention q/k/v/out and the two FFN projections) gets ONE learnable scalar threshold ``t_l``. In the
+forward pass every weight ``w`` of the layer is replaced by ``w * m`` with the soft gate
+
+    m = sigmoid((w² − t_l²) / (2 τ_l))
+
+(``torch.nn.utils.parametrize``, so the model's own forward runs unchanged). Weights below the
+threshold are "pinched" towards zero: their gate closes, and the gradient of the sparsity term
+through ``m`` also shrinks them. Two scale conventions make one ``τ`` and one threshold learning rate
+serve layers of any weight scale (the paper gives neither value):
+
+* ``τ_l = tau · ms_l`` where ``ms_l`` is the layer's mean squared weight when the gates are
+  installed, i.e. ``tau`` is a temperature on ``w²/ms_l``;
+* ``t_l = rms_l · k · θ_l`` with ``rms_l = sqrt(ms_l)``, ``θ_l`` the trained parameter and
+  ``k = threshold_lr / weight_lr``. The project's training loop has one AdamW learning rate for all
+  parameters; Adam moves ``θ`` by about ``weight_lr`` per step, so ``t_l / rms_l`` moves by about
+  ``threshold_lr`` per step: a separate threshold learning rate without a second param group.
+
+Gates start open: ``t_l / rms_l = init_threshold`` (small), so no weight is below the threshold.
+
+Sparsity-aware loss
+-------------------
+The soft sparsity is the parameter-weighted mean of ``1 − m`` over all gated weights,
+``s = Σ_l Σ_w (1 − m) / Σ_l numel_l``; the extra loss is ``λ · (s − target(step))²`` with
+``target(step) = target_sparsity · min(1, step / ramp_steps)`` (a linear ramp; ``ramp_steps = 0``
+gives a constant target). The thresholds learn each layer's sparsity (mixed sparsity); only the
+overall sparsity is steered.
+
+At the end (:meth:`SelfPinchingGates.finalize`) the gates become hard masks ``m > 0.5`` (i.e.
+``|w| > |t_l|``) applied to the original weights with :func:`asrcompress.compress.masks.apply_masks`
+and made permanent (zeros in dense tensors: sparsity, not fewer parameters).
+
+Structured variant
+------------------
+One gate per FFN neuron and per attention head, on the group's mean squared weight
+``g = ‖group‖² / n_group`` (FFN neuron ``j``: row ``j`` of ``intermediate_dense`` with its bias and
+column ``j`` of ``output_dense``; head ``h``: its ``head_dim`` rows of q/k/v with biases and its columns
+of ``out_proj``), ``m_g = sigmoid((g − t²)/(2 τ))`` with one threshold per layer and module (FFN,
+attention), the same scale conventions and the same loss (``s`` weighted by group sizes). The gate
+scales the group's output columns (``output_dense`` / ``out_proj``), so a closed group contributes
+nothing and removing it is exact. :meth:`finalize` removes the groups with ``m_g <= 0.5``
+physically with :func:`asrcompress.compress.surgery.prune_ffn_neurons` /
+:func:`~asrcompress.compress.surgery.prune_heads`. Structured gates are implemented for
+``Wav2Vec2ForCTC`` and ``HubertForCTC``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from asrcompress.compress.masks import apply_masks, make_permanent
+from asrcompress.compress.surgery import model_family, prune_ffn_neurons, prune_heads
+
+__all__ = [
+    "GateConfig",
+    "PinchGate",
+    "GroupPinchGate",
+    "SelfPinchingGates",
+    "prunable_linears",
+    "prunable_weight_filter",
+    "soft_gate",
+]
+
+_LAYER_LINEAR = re.compile(r"(^|\.)encoder\.layers\.\d+\.")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Hyper-parameters of the gates (params ``p4.gates``); see the module docstring."""
+
+    tau: float = 0.05               # temperature on w² / (layer mean w²)
+    init_threshold: float = 0.05    # t_l / rms_l at the start (gates open)
+    threshold_lr: float = 0.02      # about how far t_l / rms_l moves per optimiser step (Adam)
+    weight_lr: float = 5e-4         # the training loop's learning rate (sets k = threshold_lr / weight_lr)
+    target_sparsity: float = 0.62   # overall parameter-weighted sparsity aimed at
+    lam: float = 5.0                # weight λ of the sparsity term λ (s − target)²
+    ramp_steps: int = 0             # target ramps linearly from 0 over this many steps (0 = constant)
+    structured: bool = False        # neuron/head gates (physical removal) instead of weight gates
+    log_every: int = 10             # steps between trace records
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0 or self.threshold_lr <= 0 or self.weight_lr <= 0:
+            raise ValueError("GateConfig: tau, threshold_lr and weight_lr must be > 0")
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError(f"GateConfig: target_sparsity must be in [0, 1), got {self.target_sparsity}")
+        if self.lam < 0 or self.ramp_steps < 0 or self.log_every <= 0:
+            raise ValueError("GateConfig: lam and ramp_steps must be >= 0, log_every > 0")
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any], weight_lr: float) -> GateConfig:
+        """Build from a params section (unknown keys are an error); ``weight_lr`` from the training section."""
+        known = set(cls.__dataclass_fields__) - {"weight_lr"}
+        unknown = set(section) - known
+        if unknown:
+            raise ValueError(f"params.yaml: unknown gate key(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(weight_lr=float(weight_lr), **section)
+
+
+def soft_gate(score: Tensor, threshold: Tensor, tau: Tensor | float) -> Tensor:
+    """``sigmoid((score − threshold²) / (2 τ))``: the self-pinching gate (``score`` = w² or a group's
+    mean square)."""
+    return torch.sigmoid((score - threshold * threshold) / (2.0 * tau))
+
+
+class _ThresholdMixin(nn.Module):
+    """One learnable threshold ``t = rms · k · θ`` with ``rms`` fixed at install."""
+
+    def _init_threshold(self, mean_square: Tensor, cfg: GateConfig) -> None:
+        ms = mean_square.detach().clamp_min(1e-12)
+        self.register_buffer("mean_square", ms, persistent=False)
+        self.k = cfg.threshold_lr / cfg.weight_lr
+        self.tau_rel = cfg.tau
+        self.theta = nn.Parameter(torch.tensor(cfg.init_threshold / self.k, dtype=ms.dtype, device=ms.device))
+
+    def threshold(self) -> Tensor:
+        """The threshold ``t_l`` in weight units (differentiable in ``θ``)."""
+        return self.mean_square.sqrt() * self.k * self.theta
+
+    def relative_threshold(self) -> float:
+        """``|t_l| / rms_l`` (1.0 = the layer's rms weight at install)."""
+        return abs(float(self.k * self.theta.detach()))
+
+    @property
+    def tau(self) -> Tensor:
+        return self.tau_rel * self.mean_square
+
+    def scores(self, weight: Tensor) -> Tensor:  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def gate(self, weight: Tensor) -> Tensor:
+        """Soft gate of every scored unit (weight entry or group)."""
+        return soft_gate(self.scores(weight), self.threshold(), self.tau)
+
+    def closed(self, weight: Tensor) -> Tensor:
+        """Hard decision ``score <= t²`` (= ``m <= 0.5``, without the sigmoid's rounding)."""
+        t = self.threshold().detach()
+        return self.scores(weight).detach() <= t * t
+
+
+class PinchGate(_ThresholdMixin):
+    """Parametrisation of a weight: ``w -> w * sigmoid((w² − t²)/(2 τ))``, one threshold for the tensor."""
+
+    def __init__(self, weight: Tensor, cfg: GateConfig) -> None:
+        super().__init__()
+        self._init_threshold(weight.detach().pow(2).mean(), cfg)
+
+    def scores(self, weight: Tensor) -> Tensor:
+        """``w²`` of every entry."""
+        return weight * weight
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.gate(weight)
+
+
+class GroupPinchGate(_ThresholdMixin):
+    """Parametrisation of an output-side weight (``output_dense`` / ``out_proj``, shape ``(d, G * r)``)
+    whose column block ``g`` (``r`` columns) is scaled by ``m_g``, the gate of group ``g``.
+
+    ``partners`` are the input-side linears (``intermediate_dense`` or q/k/v) whose rows
+    ``g * r : (g + 1) * r`` (and bias entries) belong to group ``g``; they are read, not owned (not
+    registered as submodules)."""
+
+    def __init__(self, out_weight: Tensor, partners: list[nn.Linear], groups: int, cfg: GateConfig) -> None:
+        super().__init__()
+        if out_weight.shape[1] % groups:
+            raise ValueError(f"out weight {tuple(out_weight.shape)} does not split into {groups} groups")
+        self.groups = groups
+        self.width = out_weight.shape[1] // groups
+        self._partners = list(partners)  # a plain list: not registered, not in the state dict
+        self.group_numel = out_weight.shape[0] * self.width + sum(
+            self.width * (p.in_features + (1 if p.bias is not None else 0)) for p in partners)
+        with torch.no_grad():
+            score = self.scores(out_weight)
+        self._init_threshold(score.mean(), cfg)
+
+    def scores(self, out_weight: Tensor) -> Tensor:
+        """Mean squared weight of every group, shape ``(G,)``."""
+        g, r = self.groups, self.width
+        total = out_weight.pow(2).reshape(out_weight.shape[0], g, r).sum(dim=(0, 2))
+        for lin in self._partners:
+            total = total + lin.weight.pow(2).reshape(g, -1).sum(dim=1)
+            if lin.bias is not None:
+                total = total + lin.bias.pow(2).reshape(g, r).sum(dim=1)
+        return total / self.group_numel
+
+    def forward(self, out_weight: Tensor) -> Tensor:
+        return out_weight * self.gate(out_weight).repeat_interleave(self.width)[None, :]
+
+
+def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The linears gated by the unstructured variant: every ``nn.Linear`` inside the encoder's
+    transformer layers (``...encoder.layers.<i>....``), by module name."""
+    return {name: mod for name, mod in model.named_modules()
+            if isinstance(mod, nn.Linear) and _LAYER_LINEAR.search(name + ".")}
+
+
+def prunable_weight_filter(model: nn.Module) -> Callable[[str, nn.Parameter], bool]:
+    """``param_filter(name, param)`` selecting the weights of :func:`prunable_linears` (for
+    ``sparsity_report`` and the UMP baseline)."""
+    names = {f"{n}.weight" for n in prunable_linears(model)}
+    return lambda name, param: name in names
+
+
+@dataclass
+class _Entry:
+    name: str           # "encoder.layers.0.attention.q_proj" (unstructured) / "...layers.0.ffn" (structured)
+    owner: nn.Linear    # the parametrised linear
+    gate: PinchGate | GroupPinchGate
+    layer: int | None = None
+    unit: str = ""      # "ffn" | "heads" for structured entries
+
+
+class SelfPinchingGates:
+    """Install gates on ``model`` (in place), train with :meth:`loss` and :meth:`after_step` as the
+    training loop's ``extra_loss`` / ``after_step`` (the thresholds are model parameters while the gates
+    are installed, so the loop optimises and checkpoints them), then :meth:`finalize`."""
+
+    def __init__(self, model: nn.Module, cfg: GateConfig) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.step = 0
+        self.trace: list[dict[str, Any]] = []
+        self.entries: list[_Entry] = []
+        if cfg.structured:
+            self._install_structured()
+        else:
+            for name, lin in prunable_linears(model).items():
+                gate = PinchGate(lin.weight, cfg)
+                parametrize.register_parametrization(lin, "weight", gate)
+                self.entries.append(_Entry(name, lin, gate))
+        if not self.entries:
+            raise ValueError(f"{type(model).__name__}: no prunable layers found for the gates")
+
+    def _install_structured(self) -> None:
+        fam = model_family(self.model)
+        if fam not in ("wav2vec2", "hubert"):
+            raise ValueError(f"structured self-pinching gates support wav2vec2/hubert CTC models, not {fam}")
+        prefix = self.model.base_model_prefix
+        for i, layer in enumerate(self.model.base_model.encoder.layers):
+            ff, att = layer.feed_forward, layer.attention
+            units = [("ffn", ff.output_dense, [ff.intermediate_dense], ff.intermediate_dense.out_features),
+                     ("heads", att.out_proj, [att.q_proj, att.k_proj, att.v_proj], att.num_heads)]
+            for unit, out_lin, partners, groups in units:
+                gate = GroupPinchGate(out_lin.weight, partners, groups, self.cfg)
+                parametrize.register_parametrization(out_lin, "weight", gate)
+                self.entries.append(_Entry(f"{prefix}.encoder.layers.{i}.{unit}", out_lin, gate, i, unit))
+
+    # ---------------------------------------------------------------------------- sparsity
+    @staticmethod
+    def _original(e: _Entry) -> Tensor:
+        return e.owner.parametrizations.weight.original
+
+    @staticmethod
+    def _unit_size(e: _Entry) -> float:
+        """Parameters per gated unit (1 for a weight entry, the group size for a neuron/head)."""
+        return float(e.gate.group_numel) if isinstance(e.gate, GroupPinchGate) else 1.0
+
+    def _weighted(self) -> list[tuple[Tensor, float]]:
+        """(soft gates, parameters per unit) for every entry, differentiable."""
+        return [(e.gate.gate(self._original(e)), self._unit_size(e)) for e in self.entries]
+
+    def soft_sparsity(self) -> Tensor:
+        """Parameter-weighted mean of ``1 − m`` over everything gated (differentiable)."""
+        num = den = 0.0
+        for m, n in self._weighted():
+            num = num + (1.0 - m).sum() * n
+            den = den + m.numel() * n
+        return num / den
+
+    def target(self, step: int | None = None) -> float:
+        """Sparsity target at ``step`` (default: the current step)."""
+        step = self.step if step is None else step
+        if self.cfg.ramp_steps <= 0:
+            return self.cfg.target_sparsity
+        return self.cfg.target_sparsity * min(1.0, step / self.cfg.ramp_steps)
+
+    def loss(self, model: nn.Module | None = None, batch: Any = None, outputs: Any = None) -> Tensor:
+        """The sparsity-aware term ``λ (s − target)²`` (signature of the loop's ``extra_loss``)."""
+        return self.cfg.lam * (self.soft_sparsity() - self.target()) ** 2
+
+    @torch.no_grad()
+    def layer_stats(self) -> list[dict[str, Any]]:
+        """Per gate entry: name, gated params, |t| (weight units and relative to rms), soft and hard
+        sparsity (hard = share of params whose gate is <= 0.5)."""
+        rows = []
+        for e in self.entries:
+            w = self._original(e)
+            m, closed = e.gate.gate(w), e.gate.closed(w)
+            rows.append({
+                "layer": e.name,
+                "params": int(m.numel() * self._unit_size(e)),
+                "threshold": abs(float(e.gate.threshold())),
+                "threshold_rel": e.gate.relative_threshold(),
+                "soft_sparsity": float((1 - m).mean()),
+                "hard_sparsity": float(closed.float().mean()),
+            })
+        return rows
+
+    @torch.no_grad()
+    def hard_sparsity(self) -> float:
+        """Parameter-weighted share of gated params whose gate is closed (m <= 0.5)."""
+        rows = self.layer_stats()
+        return sum(r["hard_sparsity"] * r["params"] for r in rows) / sum(r["params"] for r in rows)
+
+    def after_step(self, model: nn.Module | None = None, step: int = 0) -> None:
+        """Loop hook: advance the step counter and record the trace every ``log_every`` steps."""
+        self.step = step + 1
+        if self.step % self.cfg.log_every == 0 or step == 0:
+            self.record()
+
+    def record(self) -> None:
+        """Append the current per-layer stats (with the step and target) to :attr:`trace`."""
+        for row in self.layer_stats():
+            self.trace.append({"step": self.step, "target": round(self.target(), 6), **row})
+
+    # ---------------------------------------------------------------------------- finalisation
+    @torch.no_grad()
+    def hard_masks(self) -> dict[str, Tensor]:
+        """Unstructured: ``{"<linear>.weight": m > 0.5}`` for every gated linear (names as after removal)."""
+        if self.cfg.structured:
+            raise ValueError("hard_masks: structured gates are finalised by removal (see finalize)")
+        return {f"{e.name}.weight": ~e.gate.closed(self._original(e)) for e in self.entries}
+
+    @torch.no_grad()
+    def closed_groups(self) -> dict[tuple[int, str], list[int]]:
+        """Structured: ``{(layer, "ffn" | "heads"): [indices with m <= 0.5]}``."""
+        if not self.cfg.structured:
+            raise ValueError("closed_groups: only for structured gates")
+        return {(e.layer, e.unit): torch.nonzero(e.gate.closed(self._original(e))).flatten().tolist()
+                for e in self.entries}
+
+    def remove(self) -> None:
+        """Take the gates off, restoring the original (un-gated) weights."""
+        for e in self.entries:
+            if parametrize.is_parametrized(e.owner, "weight"):
+                parametrize.remove_parametrizations(e.owner, "weight", leave_parametrized=False)
+
+    def finalize(self) -> dict[str, Any]:
+        """Make the gates hard and take them off. Unstructured: masks ``m > 0.5`` applied and made
+        permanent (weights zeroed). Structured: closed neurons/heads removed physically. Returns a
+        summary: final thresholds and per-layer stats, and the removed units (structured)."""
+        stats = self.layer_stats()
+        summary: dict[str, Any] = {"gates": asdict(self.cfg), "layers": stats,
+                                   "hard_sparsity": self.hard_sparsity()}
+        if self.cfg.structured:
+            closed = self.closed_groups()
+            self.remove()
+            for (layer, unit), idx in sorted(closed.items()):
+                if unit == "ffn":
+                    prune_ffn_neurons(self.model, "encoder", layer, idx)
+                else:
+                    prune_heads(self.model, "encoder", layer, idx)
+            summary["removed"] = {f"layer{layer}.{unit}": idx for (layer, unit), idx in sorted(closed.items())}
+        else:
+            masks = self.hard_masks()
+            self.remove()
+            apply_masks(self.model, masks)
+            make_permanent(self.model)
+        self.entries = []
+        return summary
+

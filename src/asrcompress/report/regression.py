@@ -1,0 +1,120 @@
+"""CI regression check: reproduced metrics (workspace) vs committed metrics (git HEAD).
+
+    python -m asrcompress.report.regression [--tolerances reports/tolerances.yaml]
+
+Reads ``dvc metrics diff --json`` (every metrics file DVC knows, HEAD vs workspace) and applies the
+rules in ``reports/tolerances.yaml``: WER may not rise beyond a margin (the committed bootstrap CI
+half-width when larger), parameter and FLOP counts must match exactly, latency speed-ups are
+compared as ratios with a loose margin. Prints a table of what moved; exits 1 on a regression.
+Accept new figures by committing them: ``make accept-metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class Finding:
+    path: str
+    key: str
+    old: Any
+    new: Any
+    verdict: str  # "regression" | "improvement" | "changed" | "ok"
+    rule: str
+
+
+def _ci_half_width(old_file: Mapping[str, Any], key: str) -> float:
+    lo = old_file.get(key.replace("_pct", "_ci_low_pct"))
+    hi = old_file.get(key.replace("_pct", "_ci_high_pct"))
+    if isinstance(lo, int | float) and isinstance(hi, int | float):
+        return (hi - lo) / 2
+    return 0.0
+
+
+def judge(path: str, key: str, old: Any, new: Any, rules: list[Mapping[str, Any]],
+          old_file: Mapping[str, Any] | None = None) -> Finding | None:
+    """Apply the first matching rule to one figure. None when no rule matches or nothing to compare."""
+    if not isinstance(old, int | float) or isinstance(old, bool):
+        return None
+    for rule in rules:
+        if not re.search(rule["match"], key):
+            continue
+        name = f"{rule['kind']} ({rule['match']})"
+        if not isinstance(new, int | float):
+            return Finding(path, key, old, new, "regression", name + ": figure disappeared")
+        kind = rule["kind"]
+        if kind == "max_rise":
+            margin = float(rule.get("abs", 0.0))
+            if rule.get("use_ci") and old_file:
+                margin = max(margin, _ci_half_width(old_file, key))
+            if new > old + margin:
+                return Finding(path, key, old, new, "regression", f"{name}: rose by {new - old:.3g} > {margin:.3g}")
+            return Finding(path, key, old, new, "improvement" if new < old - margin else "ok", name)
+        if kind == "exact":
+            verdict = "ok" if abs(new - old) <= 1e-9 * max(1.0, abs(old)) else "regression"
+            return Finding(path, key, old, new, verdict, name)
+        if kind == "min_ratio":
+            if old > 0 and new < float(rule["ratio"]) * old:
+                return Finding(path, key, old, new, "regression", f"{name}: {new:.3g} < {rule['ratio']} x {old:.3g}")
+            return Finding(path, key, old, new, "improvement" if new > old else "ok", name)
+        raise ValueError(f"tolerances: unknown rule kind {kind!r}")
+    return None
+
+
+def compare(diff: Mapping[str, Mapping[str, Mapping[str, Any]]], rules: list[Mapping[str, Any]],
+            old_files: Mapping[str, Mapping[str, Any]] | None = None) -> list[Finding]:
+    """Judge a ``dvc metrics diff --json``-shaped mapping ``{path: {key: {"old":, "new":}}}``."""
+    out = []
+    for path, keys in sorted(diff.items()):
+        for key, change in sorted(keys.items()):
+            finding = judge(path, key, change.get("old"), change.get("new"), rules, (old_files or {}).get(path))
+            if finding is not None:
+                out.append(finding)
+    return out
+
+
+def _dvc_metrics_diff() -> dict:
+    proc = subprocess.run(["dvc", "metrics", "diff", "--all", "--json"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"dvc metrics diff failed:\n{proc.stderr}")
+    return json.loads(proc.stdout or "{}")
+
+
+def _committed(path: str) -> dict:
+    proc = subprocess.run(["git", "show", f"HEAD:{path}"], capture_output=True, text=True)
+    try:
+        return json.loads(proc.stdout) if proc.returncode == 0 else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tolerances", default="reports/tolerances.yaml")
+    args = ap.parse_args(argv)
+    rules = yaml.safe_load(open(args.tolerances))["rules"]
+    diff = _dvc_metrics_diff()
+    findings = compare(diff, rules, {p: _committed(p) for p in diff})
+    moved = [f for f in findings if f.verdict != "ok"]
+    if moved:
+        print(f"{'verdict':<12} {'file':<40} {'key':<32} {'committed':>12} {'reproduced':>12}  rule")
+        for f in moved:
+            print(f"{f.verdict:<12} {f.path:<40} {f.key:<32} {f.old!s:>12.12} {f.new!s:>12.12}  {f.rule}")
+    bad = [f for f in findings if f.verdict == "regression"]
+    print(f"regression check: {len(findings)} figures compared, {len(bad)} regressions, "
+          f"{sum(f.verdict == 'improvement' for f in findings)} improvements")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Reported vs reproduced: one table per paper, built from ``reports/reported/<paper>.yaml`` and
+our metrics files. Nothing here knows a paper's numbers; they are all data.
+
+Status of a row:
+* ``matches``: within the row's tolerance (numbers) or passing its ``check`` (qualitative claims);
+* ``differs``: measured, outside tolerance / failing the check;
+* ``not comparable in <profile>``: the setting only exists in another profile (reason given);
+  our figure is still shown when there is one;
+* ``not run``: the metrics file or key is missing (the stage has not run in this checkout).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COLUMNS = ["id", "setting", "quantity", "unit", "source", "reported", "ours", "profile", "diff",
+           "rel_diff_pct", "status", "note"]
+
+
+def load_reported(path: str | Path) -> dict[str, Any]:
+    """Parse and validate a ``reports/reported/<paper>.yaml`` file (errors name the file and row)."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    for key in ("paper", "title", "rows"):
+        if key not in data:
+            raise ValueError(f"{path}: missing top-level key '{key}'")
+    for i, row in enumerate(data["rows"]):
+        for key in ("id", "source", "setting", "quantity", "kind", "reported"):
+            if key not in row:
+                raise ValueError(f"{path}: row {i} ({row.get('id', '?')}): missing key '{key}'")
+        if row["kind"] not in ("relative", "absolute", "qualitative"):
+            raise ValueError(f"{path}: row {row['id']}: kind must be relative|absolute|qualitative")
+        if row.get("ours") is None and "reason" not in row:
+            raise ValueError(f"{path}: row {row['id']}: no 'ours' mapping and no 'reason' why not")
+    return data
+
+
+def _lookup(root: Path, ours: Mapping[str, Any] | None) -> tuple[float | None, str | None]:
+    if not ours:
+        return None, None
+    path = root / ours["metrics"]
+    if not path.is_file():
+        return None, f"not run ({ours['metrics']} missing)"
+    value = json.loads(path.read_text()).get(ours["key"])
+    if value is None:
+        return None, f"not run (no '{ours['key']}' in {ours['metrics']})"
+    return float(value), None
+
+
+def _check(value: float, check: Mapping[str, Any]) -> bool:
+    ok = True
+    if "min" in check:
+        ok &= value >= float(check["min"])
+    if "max" in check:
+        ok &= value <= float(check["max"])
+    return bool(ok)
+
+
+def compare_row(row: Mapping[str, Any], ours: float | None, missing: str | None, profile: str) -> dict[str, Any]:
+    """One table row: our value beside the reported one, with difference and status."""
+    reported = row["reported"]
+    out = {"id": row["id"], "setting": "; ".join(f"{k}: {v}" for k, v in row["setting"].items()),
+           "quantity": row["quantity"], "unit": row.get("unit", ""), "source": row["source"],
+           "reported": reported, "ours": None if ours is None else round(ours, 4), "profile": profile,
+           "diff": None, "rel_diff_pct": None, "status": "", "note": row.get("note", "")}
+    if ours is not None and isinstance(reported, int | float):
+        out["diff"] = round(ours - float(reported), 4)
+        if float(reported) != 0:
+            out["rel_diff_pct"] = round(100.0 * (ours - float(reported)) / abs(float(reported)), 2)
+    comparable = row.get("comparable_in")
+    if comparable is not None and profile not in comparable:
+        out["status"] = f"not comparable in {profile}: {row.get('reason', '')}".strip()
+        return out
+    if ours is None:
+        out["status"] = missing or f"not run: {row.get('reason', 'no measurement')}"
+        return out
+    if "check" in row:
+        out["status"] = "matches" if _check(ours, row["check"]) else "differs"
+    elif isinstance(reported, int | float):
+        tol = float(row.get("tolerance", 0.0))
+        out["status"] = "matches" if math.isclose(ours, float(reported), abs_tol=tol) else "differs"
+    else:
+        out["status"] = "not comparable: qualitative claim without a check"
+    return out
+
+
+def build_table(reported_yaml: str | Path, root: str | Path, profile: str) -> tuple[dict[str, Any], list[dict]]:
+    """All rows of one paper's table."""
+    root = Path(root)
+    data = load_reported(reported_yaml)
+    rows = []
+    for row in data["rows"]:
+        ours, missing = _lookup(root, row.get("ours"))
+        rows.append(compare_row(row, ours, missing, profile))
+    return data, rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "/")
+
+
+def write_table(data: Mapping[str, Any], rows: list[dict], md_path: str | Path, csv_path: str | Path) -> None:
+    """Markdown (for people) and CSV (for tools) versions of one paper's table."""
+    md_path, csv_path = Path(md_path), Path(csv_path)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    counts: dict[str, int] = {}
+    for r in rows:
+        key = r["status"].split(":")[0].split(" (")[0]
+        counts[key] = counts.get(key, 0) + 1
+    shown = ["id", "setting", "quantity", "reported", "ours", "unit", "diff", "status"]
+    lines = [f"# {data['paper']}: {data['title']}", "",
+             f"arXiv {data.get('arxiv', '?')}. Reported figures from `reports/reported/{data['paper']}.yaml`; "
+             f"ours from the metrics files named there (profile `{rows[0]['profile'] if rows else '?'}`).", "",
+             "Status counts: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), "",
+             "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in shown) + " |")
+    notes = [f"- `{r['id']}`: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    md_path.write_text("\n".join(lines) + "\n")
+
+
+def write_index(papers: list[tuple[Mapping[str, Any], list[dict]]], path: str | Path) -> None:
+    """``reports/README.md``: links to every table and figure, with status counts."""
+    path = Path(path)
+    lines = ["# Reports", "", "Regenerated by `dvc repro` (stage `report`); do not edit by hand.", "",
+             "| paper | table | rows | matches | differs | not comparable | not run |", "|---|---|---|---|---|---|---|"]
+    for data, rows in papers:
+        def n(prefix: str, rows=rows) -> int:
+            return sum(r["status"].startswith(prefix) for r in rows)
+
+        lines.append(f"| {data['paper']}: {data['title']} | [tables/{data['paper']}.md](tables/{data['paper']}.md) | "
+                     f"{len(rows)} | {n('matches')} | {n('differs')} | {n('not comparable')} | {n('not run')} |")
+    figures = sorted((path.parent / "figures").glob("*.png"))
+    if figures:
+        lines += ["", "## Figures", ""] + [f"- [{f.name}](figures/{f.name})" for f in figures]
+    lines += ["", "Metrics per variant: `reports/metrics/*.json` (`dvc metrics show`); hypotheses: "
+              "`reports/hyps/*.jsonl`; training curves: `reports/train/*_loss.csv` (`dvc plots show`)."]
+    path.write_text("\n".join(lines) + "\n")

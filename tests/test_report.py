@@ -1,0 +1,86 @@
+"""Reported-vs-reproduced tables and the CI regression check."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asrcompress.report.regression import compare
+from asrcompress.report.tables import build_table, compare_row, load_reported, write_index, write_table
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = yaml.safe_load((ROOT / "reports/tolerances.yaml").read_text())["rules"]
+
+
+@pytest.mark.parametrize("paper", ["p1", "p2", "p3", "p4"])
+def test_reported_files_are_valid_and_cover_the_paper_notes(paper):
+    data = load_reported(ROOT / f"reports/reported/{paper}.yaml")
+    assert data["paper"] == paper and len(data["rows"]) >= 4
+    for row in data["rows"]:
+        assert row.get("ours") or row.get("reason")
+
+
+# every figure the paper notes (../shared/papers/*.md, "Reported numbers") list as a result
+NOTED = {"p1": [35.4, 14.25, 18.5, 31, 15.29, 16.95, 18.7, 12.31], "p2": [90, 48, 2.15, 18, 4, 10, 40],
+         "p3": [2.38, 20.44, 1.72, 14.8, 11.6], "p4": [65, 60, 7.05, 25]}
+
+
+@pytest.mark.parametrize("paper", sorted(NOTED))
+def test_every_noted_figure_appears_in_a_table(paper):
+    reported = [abs(r["reported"]) for r in load_reported(ROOT / f"reports/reported/{paper}.yaml")["rows"]
+                if isinstance(r["reported"], int | float)]
+    for value in NOTED[paper]:
+        assert any(abs(value - r) < 1e-9 for r in reported), (paper, value)
+
+
+def test_status_logic():
+    row = {"id": "x", "setting": {"m": "s"}, "quantity": "q", "kind": "relative", "source": "abs",
+           "reported": 35.4, "tolerance": 5.0}
+    assert compare_row(row, 33.0, None, "smoke")["status"] == "matches"
+    assert compare_row(row, 20.0, None, "smoke")["status"] == "differs"
+    assert compare_row(row, None, "not run (f missing)", "smoke")["status"].startswith("not run")
+    limited = {**row, "comparable_in": ["paper"], "reason": "medium only"}
+    out = compare_row(limited, 20.0, None, "smoke")
+    assert out["status"].startswith("not comparable in smoke") and out["ours"] == 20.0 and out["diff"] == -15.4
+    qual = {**row, "kind": "qualitative", "reported": "<= 0", "check": {"max": 0.0}}
+    assert compare_row(qual, -0.5, None, "smoke")["status"] == "matches"
+    assert compare_row(qual, 1.5, None, "smoke")["status"] == "differs"
+
+
+def test_table_files_written(tmp_path):
+    (tmp_path / "reports/metrics").mkdir(parents=True)
+    (tmp_path / "reports/metrics/p1_sgl_pruned.json").write_text(json.dumps({"params_reduction_pct": 32.0}))
+    data, rows = build_table(ROOT / "reports/reported/p1.yaml", tmp_path, "smoke")
+    write_table(data, rows, tmp_path / "t.md", tmp_path / "t.csv")
+    write_index([(data, rows)], tmp_path / "README.md")
+    md = (tmp_path / "t.md").read_text()
+    assert "small_params" in md and "35.4" in md and "matches" in md
+    assert "tables/p1.md" in (tmp_path / "README.md").read_text()
+
+
+def _diff(old, new, path="reports/metrics/dense_en.json"):
+    return {path: {k: {"old": old[k], "new": new.get(k)} for k in old}}
+
+
+BASE = {"wer_pct": 12.0, "wer_ci_low_pct": 10.5, "wer_ci_high_pct": 13.5, "params": 1000, "gmacs_utterance": 0.5,
+        "speedup_vs_reference": 2.0, "latency_ms_p50": 30.0}
+
+
+def test_equal_metrics_pass_the_regression_check():
+    findings = compare(_diff(BASE, dict(BASE)), RULES, {"reports/metrics/dense_en.json": BASE})
+    assert findings and all(f.verdict == "ok" for f in findings)
+
+
+@pytest.mark.parametrize("change", [{"wer_pct": 16.0}, {"params": 1001}, {"gmacs_utterance": 0.6},
+                                    {"speedup_vs_reference": 1.0}, {"wer_pct": None}])
+def test_worse_metrics_fail_the_regression_check(change):
+    findings = compare(_diff(BASE, {**BASE, **change}), RULES, {"reports/metrics/dense_en.json": BASE})
+    assert any(f.verdict == "regression" for f in findings)
+
+
+def test_wer_within_ci_is_not_a_regression_and_improvement_is_reported():
+    ok = compare(_diff(BASE, {**BASE, "wer_pct": 13.4}), RULES, {"reports/metrics/dense_en.json": BASE})
+    assert not any(f.verdict == "regression" for f in ok)
+    better = compare(_diff(BASE, {**BASE, "wer_pct": 8.0}), RULES, {"reports/metrics/dense_en.json": BASE})
+    assert any(f.verdict == "improvement" and f.key == "wer_pct" for f in better)
