@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup repro test lint profile bench clean-venv
+.PHONY: setup repro test lint profile bench clean-venv ci-repro accept-metrics
 
 setup: $(STAMP)
 
@@ -42,6 +42,12 @@ test: setup
 ci-repro: setup
 	$(VENV)/bin/dvc repro
 	$(PY) -m asrcompress.report.regression
+
+# Accept the reproduced figures as the new committed reference for the regression check.
+accept-metrics: setup
+	$(VENV)/bin/dvc repro
+	git add dvc.lock reports/
+	git commit -m "Update reproduced metrics"
 
 # Switch profile: make profile PROFILE=paper  (or PROFILE=smoke)
 profile: setup

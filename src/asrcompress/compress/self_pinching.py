@@ -51,7 +51,8 @@ physically with :func:`asrcompress.compress.surgery.prune_ffn_neurons` /
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -59,11 +60,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from asrcompress.compress.masks import apply_masks, make_permanent
+from asrcompress.compress.magnitude import uniform_magnitude_masks
+from asrcompress.compress.masks import apply_masks, make_permanent, reapply_masks, sparsity_report
 from asrcompress.compress.surgery import model_family, prune_ffn_neurons, prune_heads
 
 __all__ = [
     "GateConfig",
+    "compress_with_gates",
+    "ump_baseline",
     "PinchGate",
     "GroupPinchGate",
     "SelfPinchingGates",
@@ -241,6 +245,7 @@ class SelfPinchingGates:
                 self.entries.append(_Entry(name, lin, gate))
         if not self.entries:
             raise ValueError(f"{type(model).__name__}: no prunable layers found for the gates")
+        self.record()  # step 0: the gates as installed
 
     def _install_structured(self) -> None:
         fam = model_family(self.model)
@@ -316,7 +321,7 @@ class SelfPinchingGates:
     def after_step(self, model: nn.Module | None = None, step: int = 0) -> None:
         """Loop hook: advance the step counter and record the trace every ``log_every`` steps."""
         self.step = step + 1
-        if self.step % self.cfg.log_every == 0 or step == 0:
+        if self.step % self.cfg.log_every == 0:
             self.record()
 
     def record(self) -> None:
@@ -370,3 +375,50 @@ class SelfPinchingGates:
         self.entries = []
         return summary
 
+
+
+# -------------------------------------------------------------------------------- one-pass / two-pass runs
+def compress_with_gates(model: nn.Module, rows: Sequence[dict[str, Any]], collate: Callable, train_cfg: Any,
+                        gate_cfg: GateConfig, ckpt_dir: str, loss_log: str, fingerprint: dict[str, Any],
+                        desc: str = "gates") -> tuple[SelfPinchingGates, dict[str, Any]]:
+    """The one-pass method: install gates on ``model`` (in place), train weights and thresholds together
+    with the project's loop (``train_cfg``: a ``TrainConfig``; its ``lr`` must equal
+    ``gate_cfg.weight_lr``), then finalise (hard masks or physical removal).
+
+    Returns the gates object (its :attr:`~SelfPinchingGates.trace` holds the per-layer record) and a
+    summary: the loop's summary, :meth:`SelfPinchingGates.finalize`'s, ``compress_seconds`` (wall time
+    of install + training + finalisation)."""
+    from asrcompress.train.loop import train
+
+    if abs(train_cfg.lr - gate_cfg.weight_lr) > 1e-12:
+        raise ValueError(f"gate_cfg.weight_lr {gate_cfg.weight_lr} != training lr {train_cfg.lr}: the threshold "
+                         "learning rate is expressed relative to the loop's lr")
+    t0 = time.perf_counter()
+    gates = SelfPinchingGates(model, gate_cfg)
+    summary = train(model, rows, collate, train_cfg, ckpt_dir, loss_log, fingerprint,
+                    extra_loss=gates.loss, after_step=gates.after_step, desc=desc)
+    result = gates.finalize()
+    return gates, {**summary, **result, "compress_seconds": time.perf_counter() - t0}
+
+
+def ump_baseline(model: nn.Module, sparsity: float, rows: Sequence[dict[str, Any]], collate: Callable,
+                 train_cfg: Any, ckpt_dir: str, loss_log: str, fingerprint: dict[str, Any],
+                 desc: str = "ump") -> dict[str, Any]:
+    """Uniform magnitude pruning (the paper's UMP baseline), two passes: every gated weight tensor
+    (:func:`prunable_weight_filter`) loses ``sparsity`` of its smallest-magnitude entries
+    (:func:`asrcompress.compress.magnitude.uniform_magnitude_masks`), then the model is fine-tuned
+    with the masks re-applied after every optimiser step; masks are made permanent at the end.
+
+    Returns the loop's summary plus ``prune_seconds``, ``compress_seconds`` (prune + fine-tune wall time)
+    and ``sparsity`` (achieved, over the pruned weights)."""
+    from asrcompress.train.loop import train
+
+    t0 = time.perf_counter()
+    keep = prunable_weight_filter(model)
+    apply_masks(model, uniform_magnitude_masks(model, sparsity, keep))
+    prune_s = time.perf_counter() - t0
+    summary = train(model, rows, collate, train_cfg, ckpt_dir, loss_log, fingerprint,
+                    after_step=lambda m, step: reapply_masks(m), desc=desc)
+    make_permanent(model)
+    return {**summary, "prune_seconds": prune_s, "compress_seconds": time.perf_counter() - t0,
+            "sparsity": sparsity_report(model, keep)["sparsity"]}
