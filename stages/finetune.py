@@ -1,48 +1,39 @@
-"""finetune@<model>: train a dense Whisper on one corpus (from scratch in smoke, from the
-checkpoint in paper), with checkpoint/resume and a per-step loss log.
+"""finetune@<model>: fine-tune the base model on one corpus (the dense reference of every paper),
+with checkpoint/resume and a per-step loss log.
 
-    python stages/finetune.py <model-key> <corpus-dir> <processor-dir> <out-dir> <loss-csv> <metrics-json>
+smoke: from our multilingual base (`pretrain`); paper: from the hub checkpoint `pretrain` saved.
+
+    python stages/finetune.py <model-key> <corpus-dir> <base-dir> <out-dir> <loss-csv> <metrics-json>
 """
 
 from __future__ import annotations
 
 import sys
 
-from transformers import WhisperProcessor
-
 from asrcompress.config import get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json
-from asrcompress.models.whisper import build_model, check_window, load_pretrained
+from asrcompress.models.whisper import load_pretrained
 from asrcompress.train.collate import WhisperCollator
 from asrcompress.train.loop import TrainConfig, train
 
 
-def main(key: str, corpus_dir: str, processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str) -> None:
+def main(key: str, corpus_dir: str, base_dir: str, out_dir: str, loss_csv: str, metrics_path: str) -> None:
     setup_logging()
     cfg = load_params()
     corpus_key = get(cfg, f"models.{key}.corpus", str)
     language = get(cfg, f"corpora.{corpus_key}.whisper_language", str)
-    processor = WhisperProcessor.from_pretrained(processor_dir)
-    source = get(cfg, "whisper.source", str)
-    attn = get(cfg, "whisper.attn_implementation", str)
-    if source == "scratch":
-        model = build_model(get(cfg, "whisper.dims", dict), processor.tokenizer,
-                            get(cfg, "whisper.chunk_length_s", int), attn)
-    else:
-        model, _ = load_pretrained(source, attn)
-    check_window(processor, model)
+    model, processor = load_pretrained(base_dir, get(cfg, "whisper.attn_implementation", str))
     tcfg = TrainConfig.from_params(get(cfg, "train", dict), get(cfg, "seed", int))
     rows = load_split(corpus_dir, "train")
     summary = train(model, rows, WhisperCollator(processor, language), tcfg,
                     ckpt_dir=f"checkpoints/finetune/{key}", loss_log=loss_csv,
-                    fingerprint={"model": key, "source": source, "dims": get(cfg, "whisper.dims", dict)},
-                    desc=f"finetune@{key}")
+                    fingerprint={"model": key, "base": base_dir, "corpus": corpus_dir}, desc=f"finetune@{key}")
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     write_json(metrics_path, {**summary, "train_utterances": len(rows), "params": n_params})
-    log.info("finetune@%s: %s (%d utts) -> %s, %.2f M params, final loss %.3f, %.0f s", key, corpus_dir,
-             len(rows), out_dir, n_params / 1e6, summary["final_loss"], summary["train_seconds"])
+    log.info("finetune@%s: %s + %s (%d utts) -> %s, %.2f M params, final loss %.3f, %.0f s", key, base_dir,
+             corpus_dir, len(rows), out_dir, n_params / 1e6, summary["final_loss"], summary["train_seconds"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 
@@ -129,7 +128,6 @@ def test_hooks_prox_mode_logs_detached_penalty_and_penalty_mode_has_gradient(tin
     after(tiny_whisper, 0)  # a huge step: every regularised group goes to zero
     rep = zero_group_report(tiny_whisper, ["fc2", "out_proj"])
     assert rep["zero_groups_pct"] == 100.0 and rep["zero_heads"] == rep["heads"] == 2 * 4 + 2 * 8
-    assert rep["zero_groups_pct_fc1"] == 0.0 if "zero_groups_pct_fc1" in rep else True
     extra_p, after_p = sgl_hooks(SGLConfig(l1_encoder=1.0, mode="penalty"), lambda step: 1.0)
     assert after_p is None and extra_p(make_tiny_whisper(), {}, None).requires_grad
 
@@ -297,5 +295,4 @@ def test_config_validation():
                "lambda_group_decoder": 4, "l1_kinds": ["fc1"], "group_kinds": ["fc2"], "mode": "proximal"}
     cfg = SGLConfig.from_params(section)
     assert (cfg.l1_encoder, cfg.group_decoder, cfg.l1_kinds) == (1.0, 4.0, ("fc1",))
-    m = copy.deepcopy(make_tiny_whisper())
-    assert cfg.lambdas(find_linears(m, ["fc1"])[0]) == (1.0, 0.0)
+    assert cfg.lambdas(find_linears(make_tiny_whisper(), ["fc1"])[0]) == (1.0, 0.0)

@@ -318,15 +318,17 @@ def plot_sweeps(table: Sequence[Mapping[str, Any]], path: str | Path, title: str
         ax.axhline(dense["wer_pct"], color="0.4", lw=1, label=f"dense {dense['wer_pct']:.1f}%")
         ax.set_ylabel("WER % (normalised)")
         ax.grid(alpha=0.3)
-    styles = {"component": ("o-", "sensitivity-aware (component ratios)"),
-              "global": ("s--", "global magnitude"), "uniform": ("^:", "uniform magnitude")}
-    for method, (fmt, label) in styles.items():
-        rs = sorted((r for r in table if r["group"] == "compare" and r["method"] == method),
-                    key=lambda r: r["prunable_sparsity_pct"])
+    styles = {"component": ("o-", "sensitivity-aware (component ratios)", -1),
+              "global": ("s--", "global magnitude", 0), "uniform": ("^:", "uniform magnitude", 1)}
+    compare = [r for r in table if r["group"] == "compare"]
+    dodge = 0.006 * max([r["prunable_sparsity_pct"] for r in compare] + [1.0])  # matched points overlap
+    for method, (fmt, label, side) in styles.items():
+        rs = sorted((r for r in compare if r["method"] == method), key=lambda r: r["prunable_sparsity_pct"])
         if rs:
-            ax_a.errorbar([r["prunable_sparsity_pct"] for r in rs], [r["wer_pct"] for r in rs], yerr=err(rs),
-                          fmt=fmt, capsize=3, label=label)
-    ax_a.set_xlabel("sparsity of prunable weights (%)")
+            rs = [dense, *rs]  # every curve starts at the dense model (0 % sparsity)
+            ax_a.errorbar([r["prunable_sparsity_pct"] + side * dodge for r in rs], [r["wer_pct"] for r in rs],
+                          yerr=err(rs), fmt=fmt, capsize=3, label=label)
+    ax_a.set_xlabel("sparsity of prunable weights (%; matched points dodged sideways)")
     ax_a.set_title("one-shot pruning, no fine-tuning")
     ax_a.legend(fontsize=8)
     sweep = sorted((r for r in table if r["group"] == "dec_self_attn_sweep"), key=lambda r: r["x"])

@@ -164,9 +164,9 @@ def plot_heatmap(records: Sequence[Mapping[str, Any]], path: str | Path, title: 
     comps = [c for c in COMPONENTS if any(r["component"] == c for r in recs)]
     n_layers = 1 + max((r["layer"] for r in recs if r["layer"] is not None), default=-1)
     cols = [str(i) for i in range(n_layers)] + ["-"]
-    fig = Figure(figsize=(2.0 + 0.55 * len(cols) * 2, 1.2 + 0.42 * len(comps)), layout="constrained")
+    fig = Figure(figsize=(3.0 + 2 * (1.2 + 0.5 * len(cols)), 1.5 + 0.4 * len(comps)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, key, name in zip(axes, ("score_grad_per_param", "score_fisher_per_param"),
                              ("gradient |g·w| per parameter", "Fisher g² per parameter"), strict=True):
         grid = np.full((len(comps), len(cols)), np.nan)
@@ -176,13 +176,15 @@ def plot_heatmap(records: Sequence[Mapping[str, Any]], path: str | Path, title: 
             grid[comps.index(r["component"]), col] = math.log10(v) if v > 0 else np.nan
         im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis")
         ax.set_xticks(range(len(cols)), cols)
-        ax.set_yticks(range(len(comps)), [LABELS[c] for c in comps])
-        ax.set_xlabel("layer (conv: conv1/conv2; '-': no layer index)")
-        ax.set_title(name)
-        fig.colorbar(im, ax=ax, label="log10 score")
+        ax.set_xlabel("layer ('-': none; conv row: conv1, conv2)")
+        ax.set_title(name, fontsize=10)
+        fig.colorbar(im, ax=ax, label="log10 score", shrink=0.9)
+        mid = np.nanmean(grid) if np.isfinite(grid).any() else 0.0
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="white")
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > mid else "white")
+    axes[0].set_yticks(range(len(comps)), [LABELS[c] for c in comps])
     if title:
         fig.suptitle(title)
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,21 @@ What is supported
 * Attention modules after head pruning: ``num_heads`` = kept heads, ``head_dim`` and ``scaling`` unchanged,
   ``embed_dim`` = ``num_heads * head_dim`` (the attention's inner width; the residual width stays
   ``config.d_model``/``hidden_size``).
+* Unstructured masks stored by :mod:`.masks` are cut together with their weights by neuron/head pruning;
+  ``merge_layers`` and ``factorize_embedding`` refuse masked modules.
+* Parameters are replaced by new ``nn.Parameter`` objects: build optimisers after surgery.
+
+Typical use
+-----------
+Impose "half the FFN neurons and half the heads of every layer" on a real-size architecture (random
+weights; tensor ops only, ~0.4 s for Whisper-small)::
+
+    model = WhisperForConditionalGeneration(config)
+    apply_structure(model, uniform_fractions(config, ffn=0.5, heads=0.5))
+
+Carry a structure found on one model to another of the same family and layer counts::
+
+    apply_structure(big, scale_structure(structure_of(small), big.config))
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ import copy
 import json
 import math
 import operator
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -185,8 +201,7 @@ def _check_indices(indices: Sequence[int] | Tensor, where: str, what: str, n: in
     if isinstance(indices, Tensor):
         indices = indices.reshape(-1).tolist()
     out = [_as_index(i, f"{where}: {what}") for i in indices]
-    seen: set[int] = set()
-    dups = sorted({i for i in out if i in seen or seen.add(i)})
+    dups = sorted(i for i, count in Counter(out).items() if count > 1)
     if dups:
         raise SurgeryError(f"{where}: duplicate {what} indices {dups}")
     for i in out:

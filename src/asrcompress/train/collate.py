@@ -16,13 +16,16 @@ class WhisperCollator:
     """Log-mel features + decoder labels (language/task prefix, text, EOT; padding = -100).
 
     ``language`` overrides the row's own language code (e.g. the Bambara stand-in uses Whisper's
-    ``sw`` token, as Whisper has no Bambara token). Log-mel features are cached per row id after
+    ``sw`` token, as Whisper has no Bambara token); ``language_map`` maps row language codes to
+    Whisper language tokens when a batch mixes languages (multilingual pre-training). Log-mel features are cached per row id after
     the first epoch (computing them costs about as much as a training step of the tiny model).
     """
 
-    def __init__(self, processor: WhisperProcessor, language: str | None = None) -> None:
+    def __init__(self, processor: WhisperProcessor, language: str | None = None,
+                 language_map: dict[str, str] | None = None) -> None:
         self.processor = processor
         self.language = language
+        self.language_map = language_map or {}
         self.max_samples = processor.feature_extractor.n_samples
         self._features: dict[str, torch.Tensor] = {}
 
@@ -44,7 +47,8 @@ class WhisperCollator:
         for row in rows:
             if not row["text"].strip():
                 raise ValueError(f"{row['id']}: empty transcript in field 'text'")
-            labels.append(label_ids(tok, row["text"], self.language or row["language"]))
+            lang = self.language or self.language_map.get(row["language"], row["language"])
+            labels.append(label_ids(tok, row["text"], lang))
         width = max(len(x) for x in labels)
         lab = torch.full((len(labels), width), -100, dtype=torch.long)
         for i, ids in enumerate(labels):

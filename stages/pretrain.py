@@ -1,0 +1,58 @@
+"""pretrain: the multilingual base model every fine-tune starts from.
+
+smoke: a tiny Whisper built from `whisper.dims` and trained from scratch on the training splits
+of all corpora at once (our offline stand-in for a multilingual hub checkpoint);
+paper: the hub checkpoint itself (`whisper.source`), saved locally, no training.
+
+    python stages/pretrain.py <processor-dir> <out-dir> <loss-csv> <metrics-json> <corpus-dir> [<corpus-dir> ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from transformers import WhisperProcessor
+
+from asrcompress.config import get, load_params
+from asrcompress.io import load_split, log, setup_logging, write_json
+from asrcompress.models.whisper import build_model, check_window, load_pretrained
+from asrcompress.train.collate import WhisperCollator
+from asrcompress.train.loop import TrainConfig, train
+
+
+def main(processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str, *corpus_dirs: str) -> None:
+    setup_logging()
+    cfg = load_params()
+    source = get(cfg, "whisper.source", str)
+    attn = get(cfg, "whisper.attn_implementation", str)
+    processor = WhisperProcessor.from_pretrained(processor_dir)
+    if source != "scratch":
+        model, _ = load_pretrained(source, attn)
+        model.save_pretrained(out_dir)
+        processor.save_pretrained(out_dir)
+        write_json(metrics_path, {"source": source, "steps": 0, "params": sum(p.numel() for p in model.parameters())})
+        Path(loss_csv).parent.mkdir(parents=True, exist_ok=True)
+        Path(loss_csv).write_text("step,loss,extra_loss,lr\n")
+        log.info("pretrain: %s -> %s (hub checkpoint, not trained here)", source, out_dir)
+        return
+    model = build_model(get(cfg, "whisper.dims", dict), processor.tokenizer, get(cfg, "whisper.chunk_length_s", int),
+                        attn)
+    check_window(processor, model)
+    language_map = {get(c, "language", str): get(c, "whisper_language", str) for c in get(cfg, "corpora", dict).values()}
+    rows = [row for d in corpus_dirs for row in load_split(d, "train")]
+    tcfg = TrainConfig.from_params(get(cfg, "pretrain", dict), get(cfg, "seed", int))
+    summary = train(model, rows, WhisperCollator(processor, language_map=language_map), tcfg,
+                    ckpt_dir="checkpoints/pretrain", loss_log=loss_csv,
+                    fingerprint={"dims": get(cfg, "whisper.dims", dict), "corpora": list(corpus_dirs)},
+                    desc="pretrain")
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    write_json(metrics_path, {**summary, "source": source, "train_utterances": len(rows), "params": n_params})
+    log.info("pretrain: %s (%d utts) -> %s, %.2f M params, final loss %.3f, %.0f s", ", ".join(corpus_dirs),
+             len(rows), out_dir, n_params / 1e6, summary["final_loss"], summary["train_seconds"])
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
