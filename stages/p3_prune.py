@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from asrcompress.compress.components import tensor_ratios
 from asrcompress.compress.p3_oneshot import headline_metrics, plan_points, plot_sweeps, run_points
 from asrcompress.compress.sensitivity import calibration_split
 from asrcompress.config import derive_seed, get, load_params
@@ -51,13 +52,16 @@ def main(model_dir: str, corpus_dir: str, csv_path: str, json_path: str, hyps_pa
     torch.set_num_threads(get(cfg, "p3.num_threads", int))
     source = get(cfg, "p3.source", (str, type(None))) or model_dir
     model, processor = load_pretrained(source)
+    model.to(get(cfg, "p3.device", str))
     calib, rows = calibration_split(load_split(corpus_dir, "test"), get(cfg, "p3.calibration_fraction", float))
     last = get(cfg, "p3.last_encoder", dict)
     points = plan_points(
         model, get(cfg, "p3.ratios", dict), get(cfg, "p3.per_layer", (dict, type(None))),
-        get(cfg, "p3.dec_self_attn_sweep", list), get(last, "ratio", (float, type(None))),
-        get(last, "n_layers", (int, type(None))), get(last, "components", list),
-        get(cfg, "p3.compare_scales", list), get(cfg, "p3.baselines", list))
+        dec_self_attn_ratios=get(cfg, "p3.dec_self_attn_sweep", list),
+        last_encoder_ratio=get(last, "ratio", (float, type(None))),
+        last_encoder_layers=get(last, "n_layers", (int, type(None))),
+        last_encoder_components=get(last, "components", list),
+        compare_scales=get(cfg, "p3.compare_scales", list), baselines=get(cfg, "p3.baselines", list))
     batch_size, max_new = get(cfg, "p3.batch_size", int), get(cfg, "p3.max_new_tokens", (int, type(None)))
 
     def decode(m: torch.nn.Module, rs: list[dict]) -> list[str]:
@@ -68,7 +72,12 @@ def main(model_dir: str, corpus_dir: str, csv_path: str, json_path: str, hyps_pa
     table, hyps = run_points(model, points, rows, decode, normalizer, get(cfg, "p3.bootstrap_resamples", int),
                              partial(derive_seed, get(cfg, "seed", int)), log=log.info)
     write_table(csv_path, table)
-    write_json(json_path, {"model": str(source), "calibration_utterances": len(calib), "points": table})
+    tied = tensor_ratios(model, get(cfg, "p3.ratios", dict), get(cfg, "p3.per_layer", (dict, type(None))))[1]
+    for t in tied:
+        log.info("p3_prune: tied tensor %s (uses %s) asked %s -> pruned once at %.2f", t["tensor"],
+                 sorted(t["uses"]), t["asked"], t["applied"])
+    write_json(json_path, {"model": str(source), "calibration_utterances": len(calib),
+                           "tied_in_final_config": tied, "points": table})
     write_jsonl(hyps_path, hyps)
     plot_sweeps(table, png_path, title=f"p3: {Path(str(source)).name}, {len(rows)} test utterances")
     metrics = headline_metrics(table)

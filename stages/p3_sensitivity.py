@@ -46,6 +46,7 @@ def main(model_dir: str, corpus_dir: str, csv_path: str, json_path: str, png_pat
     torch.set_num_threads(get(cfg, "p3.num_threads", int))
     source = get(cfg, "p3.source", (str, type(None))) or model_dir
     model, processor = load_pretrained(source)
+    model.to(get(cfg, "p3.device", str))
     calib, _ = calibration_split(load_split(corpus_dir, "test"), get(cfg, "p3.calibration_fraction", float))
     t0 = time.time()
     records = sensitivity_scores(model, calib, whisper_loss_fn(processor, language), get(cfg, "p3.n_grad", int),

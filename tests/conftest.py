@@ -50,6 +50,15 @@ def make_tiny_ctc(kind: str = "wav2vec2", seed: int = 0, **overrides) -> torch.n
     raise ValueError(kind)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests run single-threaded: on 2 shared cores, two threads mostly wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_whisper() -> WhisperForConditionalGeneration:
     return make_tiny_whisper()

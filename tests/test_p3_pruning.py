@@ -245,8 +245,9 @@ def test_nonzero_count_drops_parameter_count_does_not(tiny_whisper):
 def test_run_points_end_to_end_with_a_stub_decoder(tmp_path, whisper_features):
     model = make_tiny_whisper(encoder_layers=3)
     assert last_layers(3, None) == [2] and last_layers(12, None) == [8, 9, 10, 11] and last_layers(2, 1) == [1]
-    points = plan_points(model, FINAL_RATIOS, FINAL_PER_LAYER, [0.0, 0.5], 0.5, None,
-                         ["enc_self_attn", "enc_ffn"], [1.0], ["global", "uniform"])
+    assert len(plan_points(model)) == 1 + 6 + 1 + 2  # the paper's points by default
+    points = plan_points(model, FINAL_RATIOS, FINAL_PER_LAYER, dec_self_attn_ratios=[0.0, 0.5],
+                         baselines=["global", "uniform"])
     assert [p.key for p in points] == ["dense", "dec_self_attn_0", "dec_self_attn_50", "last_encoder_50",
                                        "component_x100", "global_x100", "uniform_x100"]
     rows = [{"id": f"u{i}", "text": "one two three"} for i in range(len(whisper_features))]

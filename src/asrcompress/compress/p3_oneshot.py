@@ -114,11 +114,15 @@ def _pct(x: float) -> str:
     return f"{round(100 * x):d}"
 
 
-def plan_points(model: nn.Module, ratios: Mapping[str, float], per_layer: Mapping[str, Any] | None,
-                dec_self_attn_ratios: Sequence[float], last_encoder_ratio: float | None,
-                last_encoder_layers: int | None, last_encoder_components: Sequence[str],
-                compare_scales: Sequence[float], baselines: Sequence[str]) -> list[PrunePoint]:
-    """The points of the experiment, dense first and each component point before its baselines."""
+def plan_points(model: nn.Module, ratios: Mapping[str, float] = FINAL_RATIOS,
+                per_layer: Mapping[str, Any] | None = FINAL_PER_LAYER, *,
+                dec_self_attn_ratios: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
+                last_encoder_ratio: float | None = 0.5, last_encoder_layers: int | None = None,
+                last_encoder_components: Sequence[str] = ("enc_self_attn", "enc_ffn"),
+                compare_scales: Sequence[float] = (1.0,), baselines: Sequence[str] = ("global",)
+                ) -> list[PrunePoint]:
+    """The points of the experiment (defaults: the paper's), dense first and each component point
+    before its baselines. ``last_encoder_ratio=None`` skips the last-encoder point."""
     points = [PrunePoint("dense", "dense", "dense", 0.0)]
     for r in dec_self_attn_ratios:
         points.append(PrunePoint(f"dec_self_attn_{_pct(r)}", "dec_self_attn_sweep", "component", float(r),
@@ -321,7 +325,7 @@ def plot_sweeps(table: Sequence[Mapping[str, Any]], path: str | Path, title: str
     styles = {"component": ("o-", "sensitivity-aware (component ratios)", -1),
               "global": ("s--", "global magnitude", 0), "uniform": ("^:", "uniform magnitude", 1)}
     compare = [r for r in table if r["group"] == "compare"]
-    dodge = 0.006 * max([r["prunable_sparsity_pct"] for r in compare] + [1.0])  # matched points overlap
+    dodge = 0.012 * max([r["prunable_sparsity_pct"] for r in compare] + [1.0])  # matched points overlap
     for method, (fmt, label, side) in styles.items():
         rs = sorted((r for r in compare if r["method"] == method), key=lambda r: r["prunable_sparsity_pct"])
         if rs:

@@ -218,7 +218,7 @@ def plot_kept_widths(widths: list[dict[str, Any]], path: str | Path, title: str 
         "self-attn heads": [w["heads"] / w["heads_base"] for w in widths],
         "cross-attn heads": [w.get("cross_heads", float("nan")) / w["heads_base"] for w in widths],
     }
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(widths) + 2), 3.4))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(widths) + 2), 3.8))
     width = 0.27
     for j, (name, vals) in enumerate(series.items()):
         xs = [i + (j - 1) * width for i in range(len(widths))]
@@ -229,7 +229,7 @@ def plot_kept_widths(widths: list[dict[str, Any]], path: str | Path, title: str 
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("kept fraction")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -104,7 +104,7 @@ def _config_kwargs(dims: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
         "hidden_dropout": drop, "attention_dropout": drop, "activation_dropout": drop,
         "feat_proj_dropout": drop, "final_dropout": drop, "layerdrop": 0.0,
         "apply_spec_augment": bool(dims.get("spec_augment", True)),
-        "do_stable_layer_norm": False,
+        "do_stable_layer_norm": bool(dims.get("stable_layer_norm", False)),
         "ctc_loss_reduction": "mean",
         "ctc_zero_infinity": True,
         "pad_token_id": 0,
@@ -119,7 +119,8 @@ def build_model(kind: str, source: str, processor: Wav2Vec2Processor, dims: Mapp
     ``source == "scratch"``: randomly initialised from ``dims`` (``hidden_size``,
     ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``, optional
     ``num_conv_pos_embeddings`` (32), ``num_conv_pos_embedding_groups`` (16), ``dropout`` (0),
-    ``spec_augment`` (true)) with the fast conv front-end. Otherwise ``source`` is a hub id or path
+    ``spec_augment`` (true), ``stable_layer_norm`` (false: post-LN as wav2vec2-base; true: pre-LN as
+    the large models)) with the fast conv front-end. Otherwise ``source`` is a hub id or path
     of a pretrained encoder; its CTC head is created anew (``vocab_size`` differs from any head it
     may have) and the conv feature encoder is frozen, as usual for CTC fine-tuning.
     """

@@ -1,24 +1,48 @@
 """One training loop for every fine-tuning in the project (plain, SGL-regularised, distillation,
 gate training), for seq2seq (Whisper) and CTC models alike.
 
-* Runs under Hugging Face Accelerate: the same code on CPU, one GPU, or several processes (DDP);
-  the smoke profile is one CPU process.
-* Deterministic batch order derived from the seed: epoch ``e`` uses permutation ``rng(seed, e)``,
-  so a resumed run sees exactly the batches an uninterrupted run would.
+* Runs under Hugging Face Accelerate: the same code on CPU, one GPU, or several processes (DDP,
+  started by ``accelerate launch`` / ``torchrun``; on a machine without CUDA the processes talk
+  over gloo). The smoke profile is one CPU process.
+* One *step* is one optimiser step on one *global batch* of ``batch_size`` items:
+  ``batch_indices(n, batch_size, step, seed)``. Process ``rank`` of ``world`` takes
+  ``idx[rank::world]`` and splits it into ``grad_accum_steps`` micro-batches (forward/backward
+  one at a time, gradients accumulated, synchronised across processes only after the last). The
+  model's loss is weighted by each micro-batch's share of the global batch's loss units (label
+  tokens for a seq2seq model, utterances for a per-utterance mean, e.g. CTC ``mean``), so the
+  gradient of a step is the gradient of the global batch whatever the number of processes and
+  accumulation steps: the loss curve depends on ``batch_size``, not on the hardware layout (up to
+  floating-point summation order). ``batch_size`` must be at least processes x accumulation steps.
+* The logged loss of a step is the global batch's loss (reduced over processes); the extra loss
+  is its mean over processes and micro-batches. Only the main process writes the loss CSV and the
+  checkpoint's ``trainer_state.json``; every process saves its own RNG state with it.
+* Deterministic: the batch order derives from the seed (epoch ``e`` uses permutation
+  ``rng(seed, e)``), so a resumed run sees exactly the batches an uninterrupted run would; torch's
+  RNG (dropout) is seeded per process (rank 0 with ``seed``, rank r with a seed derived from it).
 * Checkpoints every ``checkpoint_every`` steps (and on Ctrl-C / SIGTERM) into ``ckpt_dir``, with a
-  fingerprint of the run's config; a second call with the same fingerprint resumes.
+  fingerprint of the run's config; a second call with the same fingerprint resumes (with any
+  number of processes; ``ckpt_dir`` must be on storage every process sees). The decision to stop on
+  a signal is taken jointly at the end of a step, so all processes stop after the same step.
 * Loss per step goes to a CSV (a DVC plots file) with step, loss, extra loss, learning rate.
-* A NaN or infinite loss stops the run with an error naming the step; the last checkpoint is kept.
+* A NaN or infinite loss stops the run with an error naming the step (on every process, before the
+  optimiser step); the last checkpoint is kept.
+* ``mixed_precision`` ("bf16" / "fp16", for a GPU) runs the forward under autocast with fp32 master
+  weights (fp16 with a gradient scaler; a step the scaler skips does not advance the LR schedule);
+  ``gradient_checkpointing`` recomputes activations in the backward (non-reentrant, DDP-safe).
 
 Methods plug in through ``extra_loss(model, batch, outputs) -> Tensor`` (added to the model's own
-loss) and ``after_step(model, step)`` (e.g. a proximal step or re-applying masks).
+loss, computed per micro-batch on each process) and ``after_step(model, step)`` (e.g. a proximal
+step or re-applying masks; it runs on every process after the optimiser step and must change the
+weights identically on each).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 import shutil
 import signal
 import time
@@ -33,6 +57,8 @@ from tqdm.auto import tqdm
 
 from asrcompress.config import derive_seed
 
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, bad data); the message says where."""
@@ -40,8 +66,8 @@ class TrainingError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int
-    batch_size: int
+    max_steps: int                       # optimiser steps
+    batch_size: int                      # global batch: items per optimiser step over all processes
     lr: float
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -50,7 +76,7 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 2
     mixed_precision: str = "no"          # "no" | "bf16" | "fp16" (GPU)
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1            # micro-batches per process per step (memory, not maths)
     gradient_checkpointing: bool = False
 
     @classmethod
@@ -68,6 +94,11 @@ class TrainConfig:
         cfg = cls(seed=seed, **values)
         if cfg.max_steps <= 0 or cfg.batch_size <= 0 or cfg.lr <= 0:
             raise ValueError("params.yaml: train.max_steps, train.batch_size and train.lr must be > 0")
+        if cfg.grad_accum_steps < 1:
+            raise ValueError(f"params.yaml: train.grad_accum_steps must be >= 1, got {cfg.grad_accum_steps}")
+        if cfg.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"params.yaml: train.mixed_precision must be one of {list(MIXED_PRECISION)}, "
+                             f"got {cfg.mixed_precision!r}")
         return cfg
 
 
@@ -91,6 +122,29 @@ def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> np.nda
     return perm[pos * batch_size:(pos + 1) * batch_size]
 
 
+def micro_batches(idx: np.ndarray, rank: int, world: int, accum: int) -> list[np.ndarray]:
+    """Process ``rank``'s share ``idx[rank::world]`` of a global batch, split into ``accum``
+    contiguous micro-batches (sizes differ by at most one)."""
+    return [m for m in np.array_split(idx[rank::world], accum)]
+
+
+def loss_units(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int | None:
+    """How many units the model's own loss on ``batch`` is a mean over, or None if it is a sum.
+
+    Seq2seq (Whisper): cross-entropy averaged over label tokens (``labels != -100``). CTC with
+    ``ctc_loss_reduction="sum"``: a sum over utterances (None). Anything else (CTC ``mean``, which
+    averages length-normalised utterance losses): a mean over the batch's items.
+    """
+    config = getattr(model, "config", None)
+    labels = batch.get("labels")
+    if labels is not None and getattr(config, "is_encoder_decoder", False):
+        return int((labels != -100).sum())
+    if getattr(config, "ctc_loss_reduction", None) == "sum":
+        return None
+    first = labels if labels is not None else next(iter(batch.values()))
+    return int(first.shape[0])
+
+
 def _write_log(path: Path, rows: list[dict[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
@@ -99,27 +153,87 @@ def _write_log(path: Path, rows: list[dict[str, float]]) -> None:
         writer.writerows(rows)
 
 
+def set_activation_checkpointing(model: torch.nn.Module, enable: bool) -> None:
+    """Switch (non-reentrant) activation checkpointing on or off, across transformers' renames."""
+    if enable:
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def _is_checkpointing(model: torch.nn.Module) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Any:
+    """The Accelerator every training run uses (also used by ``benchmarks/bench_train_throughput.py``).
+
+    * ``cpu=None``: Accelerate's device choice (CUDA if there is one), except that several processes
+      without CUDA are forced onto CPU (gloo), as ``accelerate launch --cpu`` would; ``cpu=True``: CPU;
+    * accumulation is done by :func:`train` itself (``GradientAccumulationPlugin(num_steps=1)``, so an
+      ``accelerate config`` value or ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS`` cannot rescale losses);
+    * the LR scheduler is stepped explicitly once per optimiser step (Accelerate would otherwise step
+      a prepared scheduler ``num_processes`` times per step);
+    * DDP with ``find_unused_parameters=True`` (CTC models leave ``masked_spec_embed`` unused when no
+      span is masked; gates may be unused), as the transformers Trainer does.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin
+
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {mixed_precision!r}")
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs: dict[str, Any] = {}
+    if cpu or (cpu is None and several and not torch.cuda.is_available()):
+        kwargs["cpu"] = True
+    return Accelerator(mixed_precision=mixed_precision,
+                       gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
+                       step_scheduler_with_optimizer=False,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **kwargs)
+
+
 def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Collate, cfg: TrainConfig,
           ckpt_dir: str | Path, loss_log: str | Path, fingerprint: dict[str, Any] | None = None,
           extra_loss: Callable[[torch.nn.Module, dict, Any], torch.Tensor] | None = None,
           after_step: Callable[[torch.nn.Module, int], None] | None = None,
           extra_params: Sequence[torch.nn.Parameter] = (), desc: str = "train") -> dict[str, Any]:
-    """Train ``model`` in place for ``cfg.max_steps`` optimiser steps; returns a summary dict.
+    """Train ``model`` in place for ``cfg.max_steps`` optimiser steps; returns a summary dict
+    (``steps``, ``resumed_from``, ``final_loss``, ``train_seconds``, ``processes``), the same on
+    every process.
 
-    ``extra_params`` (e.g. learnable gate thresholds living outside the model) are optimised too.
+    ``extra_params`` (e.g. learnable gate thresholds living outside the model) are optimised too;
+    they are checkpointed with the run and, with several processes, broadcast from rank 0 at the start
+    and their gradients averaged like the model's.
     """
-    from accelerate import Accelerator
-
-    torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
-                              gradient_accumulation_steps=cfg.grad_accum_steps)
-    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
+    accelerator = make_accelerator(cfg.mixed_precision)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    torch.set_num_threads(cfg.num_threads)  # after the Accelerator: multi-CPU start-up sets its own
+    torch.manual_seed(cfg.seed if rank == 0 else derive_seed(cfg.seed, "train-rank", str(rank)))
+    accum = cfg.grad_accum_steps
+    if min(len(dataset), cfg.batch_size) < world * accum:
+        raise ValueError(f"{desc}: a global batch of {min(len(dataset), cfg.batch_size)} item(s) cannot be split "
+                         f"over {world} process(es) x {accum} accumulation step(s); raise train.batch_size "
+                         f"or lower the process count / train.grad_accum_steps")
+    checkpointing_set = cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable") \
+        and not _is_checkpointing(model)
+    if checkpointing_set:
+        set_activation_checkpointing(model, True)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    in_model = {id(p) for p in model.parameters()}
+    outside = [p for p in extra_params if id(p) not in in_model]  # not seen by DDP: synced here
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if outside:  # saved with the checkpoint (the optimiser state alone would not restore their values)
+        accelerator.register_for_checkpointing(torch.nn.ParameterList(outside))
+    if world > 1:
+        for p in outside:
+            torch.distributed.broadcast(p.data, src=0)
 
     ckpt_dir, loss_log = Path(ckpt_dir), Path(loss_log)
     stamp = {"train": asdict(cfg), "run": fingerprint or {}, "n_items": len(dataset)}
@@ -133,18 +247,27 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
             accelerator.print(f"{desc}: resuming from step {start} ({ckpt_dir})")
         else:
             accelerator.print(f"{desc}: checkpoint in {ckpt_dir} is from another config; starting fresh")
+    if world > 1:
+        starts = accelerator.gather(torch.tensor([start], device=accelerator.device)).tolist()
+        if len(set(starts)) != 1:
+            raise TrainingError(f"{desc}: processes disagree on the step to resume from ({starts}); is "
+                                f"{ckpt_dir} on storage that every process sees?")
 
     def save(step: int) -> None:
-        if not accelerator.is_main_process:
-            return
+        # every process saves its RNG state; the main one writes weights, optimiser, scheduler, log
         tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp / "state"))
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "fingerprint": stamp, "log": rows}))
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        tmp.rename(ckpt_dir)
-        _write_log(loss_log, rows)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "fingerprint": stamp, "log": rows}))
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            tmp.rename(ckpt_dir)
+            _write_log(loss_log, rows)
+        accelerator.wait_for_everyone()  # nobody reads ckpt_dir before it is complete
 
     interrupted = {"flag": False}
 
@@ -153,8 +276,14 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
             raise KeyboardInterrupt
         interrupted["flag"] = True
 
+    def stop_now() -> bool:  # the joint decision: any process interrupted -> all stop after this step
+        if world == 1:
+            return interrupted["flag"]
+        flag = torch.tensor([1.0 if interrupted["flag"] else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum").item() > 0)
+
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    world, rank = accelerator.num_processes, accelerator.process_index
+    backward_scale = accelerator.gradient_accumulation_steps  # 1 (plugin above); undone if not
     t0 = time.time()
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc=desc,
                disable=not accelerator.is_main_process, mininterval=5)
@@ -162,32 +291,63 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
     try:
         model.train()
         for step in bar:
-            idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed)[rank::world]
-            batch = {k: v.to(accelerator.device) for k, v in collate([dataset[int(i)] for i in idx]).items()}
-            with accelerator.accumulate(model):
-                outputs = model(**batch)
-                loss = outputs.loss
-                extra = extra_loss(accelerator.unwrap_model(model), batch, outputs) if extra_loss else None
-                total = loss + extra if extra is not None else loss
-                if not torch.isfinite(total):
-                    raise TrainingError(f"{desc}: step {step}: loss is {total.item()} (model loss "
-                                        f"{loss.item()}, lr {scheduler.get_last_lr()[0]:.3g}); last good "
-                                        f"checkpoint kept in {ckpt_dir}")
-                accelerator.backward(total)
-                if cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
+            idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed)
+            batches = [collate([dataset[int(i)] for i in part]) for part in micro_batches(idx, rank, world, accum)]
+            units = [loss_units(accelerator.unwrap_model(model), b) for b in batches]
+            total_units = float(sum(u or 0 for u in units))
+            if world > 1:
+                total_units = accelerator.reduce(torch.tensor([total_units], dtype=torch.float64,
+                                                              device=accelerator.device), "sum").item()
+            logged = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # loss, extra
+            has_extra = False
+            for j, cpu_batch in enumerate(batches):
+                batch = {k: v.to(accelerator.device) for k, v in cpu_batch.items()}
+                # share of the global batch's loss (1 for a summed loss)
+                share = 1.0 if units[j] is None else units[j] / max(total_units, 1.0)
+                sync = accelerator.no_sync(model) if j < accum - 1 else contextlib.nullcontext()
+                with sync:
+                    outputs = model(**batch)
+                    loss = outputs.loss
+                    extra = extra_loss(accelerator.unwrap_model(model), batch, outputs) if extra_loss else None
+                    # DDP averages over processes and micro-batches add up: weight to the global mean
+                    weight = world * share
+                    target = loss * weight if weight != 1.0 else loss
+                    if extra is not None:
+                        target = target + (extra / accum if accum != 1 else extra)
+                    if backward_scale != 1:
+                        target = target * backward_scale
+                    accelerator.backward(target)
+                logged[0] += loss.detach().to(torch.float64) * share
+                if extra is not None:
+                    has_extra = True
+                    logged[1] += extra.detach().to(logged.device, torch.float64) / (accum * world)
+            if world > 1:
+                logged = accelerator.reduce(logged, "sum")
+                for p in outside:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= world
+            step_loss, step_extra = logged.tolist()
+            if not math.isfinite(step_loss + step_extra):
+                raise TrainingError(f"{desc}: step {step}: loss is {step_loss + step_extra} (model loss "
+                                    f"{step_loss}, lr {scheduler.get_last_lr()[0]:.3g}); last good "
+                                    f"checkpoint kept in {ckpt_dir}")
+            if cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skipped an overflowing step
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             if after_step is not None:
                 after_step(accelerator.unwrap_model(model), step)
-            rows.append({"step": step + 1, "loss": round(loss.item(), 5),
-                         "extra_loss": round(extra.item(), 6) if extra is not None else 0.0,
+            rows.append({"step": step + 1, "loss": round(step_loss, 5),
+                         "extra_loss": round(step_extra, 6) if has_extra else 0.0,
                          "lr": scheduler.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            if (step + 1) % cfg.checkpoint_every == 0 or interrupted["flag"]:
+            bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
+            stop = stop_now()
+            if (step + 1) % cfg.checkpoint_every == 0 or stop:
                 save(step + 1)
-            if interrupted["flag"]:
+            if stop:
                 accelerator.print(f"{desc}: interrupted after step {step + 1}; checkpoint saved in "
                                   f"{ckpt_dir}, run again to resume")
                 raise KeyboardInterrupt
@@ -195,8 +355,11 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
     save(cfg.max_steps)
-    _write_log(loss_log, rows)
-    model = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        _write_log(loss_log, rows)
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # drop the autocast forward
+    if checkpointing_set:
+        set_activation_checkpointing(model, False)
     model.eval()
     return {"steps": cfg.max_steps, "resumed_from": start, "final_loss": rows[-1]["loss"] if rows else None,
             "train_seconds": round(time.time() - t0, 1), "processes": world}
