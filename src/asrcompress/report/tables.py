@@ -48,9 +48,15 @@ def _lookup(root: Path, ours: Mapping[str, Any] | None) -> tuple[float | None, s
     path = root / ours["metrics"]
     if not path.is_file():
         return None, f"not run ({ours['metrics']} missing)"
-    value = json.loads(path.read_text()).get(ours["key"])
+    data = json.loads(path.read_text())
+    value = data.get(ours["key"])
     if value is None:
         return None, f"not run (no '{ours['key']}' in {ours['metrics']})"
+    if "percent_of" in ours:  # a relative figure: 100 * value / data[percent_of]
+        base = data.get(ours["percent_of"])
+        if not base:
+            return None, f"not run (no '{ours['percent_of']}' in {ours['metrics']})"
+        return 100.0 * float(value) / float(base), None
     return float(value), None
 
 
