@@ -122,7 +122,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return float(loss)
+        return loss.item()
 
     times, losses = [], []
     for i in range(args.warmup + args.steps):
@@ -146,7 +146,7 @@ def main() -> None:
           f"{'on' if args.gradient_checkpointing else 'off'}, AdamW, {args.warmup} warm-up + {args.steps} timed step(s)")
     print(f"loss (first, last)   : {losses[0]:.3f}, {losses[-1]:.3f}")
     print(f"step time (s)        : median {per_step:.2f}; all {', '.join(f'{t:.2f}' for t in times)}")
-    print(f"throughput           : {utts / per_step:.2f} utterances/s ({30 * utts / per_step:.1f} s of audio/s)")
+    print(f"throughput           : {utts / per_step:.3g} utterances/s ({30 * utts / per_step:.3g} s of audio/s)")
     if device.type == "cuda":
         print(f"peak memory          : {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB CUDA max allocated "
               f"({torch.cuda.max_memory_reserved(device) / 2**20:.0f} MiB reserved)")

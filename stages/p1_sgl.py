@@ -1,11 +1,16 @@
 """p1_sgl: fine-tune the dense Whisper with the Sparse Group LASSO regulariser (paper 1, step 1).
 
-    python stages/p1_sgl.py <dense-model-dir> <corpus-dir> <out-model-dir> <loss-csv> <metrics-json> <hist-png>
+    python stages/p1_sgl.py [--control] <dense-model-dir> <corpus-dir> <out-model-dir> <loss-csv> \
+        <metrics-json> <hist-png>
 
 Reads ``p1.corpus``, ``p1.sgl`` (lambdas, kinds, mode) and ``p1.sgl_train`` (a ``train``-style section).
 Writes the regularised model (``save_compressed``, method ``sgl``; same shapes as the dense one) with
 its processor, the per-step loss CSV (``extra_loss`` = the SGL penalty, logged), the share of column
 groups driven to exactly zero, and a histogram of group norms before / after.
+
+``--control``: the same fine-tuning without the regulariser, for ``p1.control_train`` steps (set it to
+the SGL path's total, SGL + recovery): the dense model trained as long as the compressed one, so that
+a WER difference is not just extra training (method ``dense_ft``).
 """
 
 from __future__ import annotations
@@ -33,40 +38,50 @@ from asrcompress.train.collate import WhisperCollator
 from asrcompress.train.loop import TrainConfig, train
 
 
-def main(dense_dir: str, corpus_dir: str, out_dir: str, loss_csv: str, metrics_path: str, fig_path: str) -> None:
+def main(*argv: str) -> None:
+    control = argv[:1] == ("--control",)
+    dense_dir, corpus_dir, out_dir, loss_csv, metrics_path, fig_path = argv[1:] if control else argv
     setup_logging()
     cfg = load_params()
     p1 = get(cfg, "p1", dict)
     language = get(cfg, f"corpora.{get(p1, 'corpus', str)}.whisper_language", str)
     sgl = SGLConfig.from_params(get(p1, "sgl", dict))
-    tcfg = TrainConfig.from_params(get(p1, "sgl_train", dict), derive_seed(get(cfg, "seed", int), "p1", "sgl"))
+    if control:  # no penalty: every lambda 0 (kinds kept, so the same groups are reported)
+        sgl = SGLConfig(l1_kinds=sgl.l1_kinds, group_kinds=sgl.group_kinds, mode=sgl.mode)
+    name = "p1_dense_ft" if control else "p1_sgl"
+    tcfg = TrainConfig.from_params(get(p1, "control_train" if control else "sgl_train", dict),
+                                   derive_seed(get(cfg, "seed", int), "p1", "sgl"))
     model = load_compressed(dense_dir).train()
     processor = WhisperProcessor.from_pretrained(dense_dir)
     plot_kinds = sgl.group_kinds or sgl.l1_kinds
     norms_before = group_norms(model, plot_kinds)
     penalty_before = float(sgl_penalty(model, sgl))
 
-    extra_loss, after_step = sgl_hooks(sgl, lr_at(tcfg))
+    extra_loss, after_step = (None, None) if control else sgl_hooks(sgl, lr_at(tcfg))
     rows = load_split(corpus_dir, "train")
-    summary = train(model, rows, WhisperCollator(processor, language), tcfg, ckpt_dir="checkpoints/p1_sgl",
-                    loss_log=loss_csv, fingerprint={"stage": "p1_sgl", "dense": dense_dir, "sgl": asdict(sgl)},
-                    extra_loss=extra_loss, after_step=after_step, desc="p1_sgl")
+    summary = train(model, rows, WhisperCollator(processor, language), tcfg, ckpt_dir=f"checkpoints/{name}",
+                    loss_log=loss_csv, fingerprint={"stage": name, "dense": dense_dir, "sgl": asdict(sgl)},
+                    extra_loss=extra_loss, after_step=after_step, desc=name)
 
+    what = "plain fine-tuning (control)" if control else "SGL"
     plot_group_norm_histograms(norms_before, group_norms(model, plot_kinds), fig_path,
-                               title=f"SGL column-group norms before / after {tcfg.max_steps} steps")
-    save_compressed(model, out_dir, "sgl", method_params={**asdict(sgl), "train": asdict(tcfg)})
+                               title=f"column-group norms before / after {tcfg.max_steps} steps of {what}")
+    save_compressed(model, out_dir, "dense_ft" if control else "sgl",
+                    method_params={**asdict(sgl), "train": asdict(tcfg)})
     processor.save_pretrained(out_dir)
     zeros = zero_group_report(model)
     sparsity = sparsity_report(model, target_filter())
     metrics = {**summary, "penalty_before": penalty_before, "penalty_after": float(sgl_penalty(model, sgl)),
                "target_weight_sparsity_pct": 100.0 * sparsity["sparsity"], **zeros}
     write_json(metrics_path, metrics)
-    log.info("p1_sgl: %s -> %s | %d steps, loss %.3f, zero groups %.1f%% (fc2 %.1f%%, out_proj %.1f%%), "
-             "%d/%d FFN neurons and %d/%d heads zero, block-weight sparsity %.1f%%, %.0f s", dense_dir, out_dir,
+    log.info("%s: %s -> %s | %d steps, loss %.3f, zero groups %.1f%% (fc2 %.1f%%, out_proj %.1f%%), "
+             "%d/%d FFN neurons and %d/%d heads zero, block-weight sparsity %.1f%%, %.0f s", name, dense_dir, out_dir,
              tcfg.max_steps, summary["final_loss"], zeros["zero_groups_pct"], zeros.get("zero_groups_pct_fc2", 0.0),
              zeros.get("zero_groups_pct_out_proj", 0.0), zeros["zero_ffn_neurons"], zeros["ffn_neurons"],
              zeros["zero_heads"], zeros["heads"], metrics["target_weight_sparsity_pct"], summary["train_seconds"])
 
 
 if __name__ == "__main__":
+    if len(sys.argv) not in (7, 8):
+        raise SystemExit(__doc__)
     main(*sys.argv[1:])

@@ -6,7 +6,7 @@ and add paper 2's own figures.
 
 ``measure.suite.measure_variant`` gives parameters, memory, FLOPs, WER/CER with bootstrap CI, a paired test
 against the reference's hypotheses, batch-1 latency interleaved with the reference (``measure`` params:
-threads, utterances) and, when ``p2.variants.<variant>.real_scale`` names an architecture, the real-scale
+threads, utterances; ``p2.measure`` may override any of them for paper 2) and, when ``p2.variants.<variant>.real_scale`` names an architecture, the real-scale
 timing of the same structure. Added here (definitions in :func:`p2_figures`): ``performance_kept_pct``,
 ``wer_rel_increase_pct``, ``decoder_params_reduction_pct``, ``embedding_compression_x``,
 ``embedding_params_reduction_pct``, ``merged_pairs``, ``embedding_rank``, ``embedding_rank_fraction`` and
@@ -62,6 +62,7 @@ def p2_figures(m: Mapping[str, Any], ref: Mapping[str, Any], record: Mapping[str
     layers = structure.get("stacks", {}).get("decoder", {}).get("layers", [])
     out["merged_pairs"] = sum(1 for r in layers if len(r["origin"]) > 1)
     out["decoder_layers"] = len(layers) if layers else None
+    out["decoder_layers_dense"] = structure.get("base_config", {}).get("decoder_layers")
     rank = structure.get("embedding_rank")
     out["embedding_rank"] = rank
     d_model = structure.get("base_config", {}).get("d_model")
@@ -81,7 +82,8 @@ def main(variant: str, model_dir: str, reference_dir: str, corpus_dir: str, ref_
     rows = load_split(corpus_dir, "test")
     metrics, hyps = measure_variant(
         model_dir, rows, get(cfg, f"corpora.{corpus}.whisper_language", str),
-        get(cfg, f"corpora.{corpus}.normalizer", str), get(cfg, "measure", dict),
+        get(cfg, f"corpora.{corpus}.normalizer", str),
+        {**get(cfg, "measure", dict), **(get(cfg, "p2.measure", dict, default=None) or {})},
         derive_seed(get(cfg, "seed", int), "measure", f"p2_{variant}"), reference_dir=reference_dir,
         reference_metrics=ref_metrics, reference_errors=ref_errors, real_scale=spec.get("real_scale"))
     metrics = {"variant": f"p2_{variant}", "reference": reference, **metrics,

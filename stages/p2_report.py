@@ -56,8 +56,9 @@ def summary_rows(dense: dict[str, Any], variants: dict[str, dict[str, Any]],
                  diags: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per model (dense first): the COLUMNS plus the dev losses of p2_compress (start model, right
     after the surgery, after recovery training)."""
+    first = next(iter(variants.values()), {})
     rows = [{"variant": "dense", **{c: dense.get(k) for c, k, _ in COLUMNS}, "performance_kept_pct": 100.0,
-             "speedup_vs_reference": 1.0}]
+             "speedup_vs_reference": 1.0, "decoder_layers": first.get("decoder_layers_dense")}]
     for name, m in variants.items():
         d = diags.get(name, {})
         rows.append({"variant": name, **{c: m.get(k) for c, k, _ in COLUMNS},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import WhisperProcessor
 
 from asrcompress.config import get, load_params
@@ -28,6 +29,8 @@ def main(processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str, *co
     attn = get(cfg, "whisper.attn_implementation", str)
     processor = WhisperProcessor.from_pretrained(processor_dir)
     if source != "scratch":
+        if not PartialState().is_main_process:  # several launched processes: one saves
+            return
         model, _ = load_pretrained(source, attn)
         model.save_pretrained(out_dir)
         processor.save_pretrained(out_dir)
@@ -46,12 +49,17 @@ def main(processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str, *co
                     ckpt_dir="checkpoints/pretrain", loss_log=loss_csv,
                     fingerprint={"dims": get(cfg, "whisper.dims", dict), "corpora": list(corpus_dirs)},
                     desc="pretrain")
+    state = PartialState()
+    if not state.is_main_process:  # with several processes only the main one writes outputs
+        state.wait_for_everyone()
+        return
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     write_json(metrics_path, {**summary, "source": source, "train_utterances": len(rows), "params": n_params})
     log.info("pretrain: %s (%d utts) -> %s, %.2f M params, final loss %.3f, %.0f s", ", ".join(corpus_dirs),
              len(rows), out_dir, n_params / 1e6, summary["final_loss"], summary["train_seconds"])
+    state.wait_for_everyone()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,6 +156,9 @@ def test_activation_aware_beats_plain_svd_on_anisotropic_activations():
     assert sweep[0]["aware_act_rel_err"] > sweep[1]["aware_act_rel_err"] > sweep[2]["aware_act_rel_err"]
     assert sweep[2]["plain_weight_rel_err"] < 1e-9
     assert sweep[1]["embedding_params"] == 8 * (vocab + d)
+    direct = activation_aware_factors(W, 4, *activation_scale(C, "full", damping=1e-6))
+    assert sweep[0]["aware_act_rel_err"] == pytest.approx(
+        reconstruction_errors(W, direct[0] @ direct[1], C)["act_rel_err"], rel=1e-6)
 
 
 def test_rank_for_fraction():
@@ -224,3 +229,25 @@ def test_feature_loss_masks_padding():
     assert feature_loss(s, t + 1.0, mask, "mse").item() == pytest.approx(1.0)
     assert feature_loss(s, t + 1.0, mask, "nmse").item() == pytest.approx(1.0)
     assert feature_loss(s + 1.0, t + 1.0, mask, "cosine").item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- stage figures
+
+
+def test_p2_figures_definitions():
+    spec = importlib.util.spec_from_file_location("p2_measure", Path(__file__).parents[1] / "stages/p2_measure.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ref = {"wer_pct": 20.0, "decoder_params": 1000, "token_embedding_params": 400, "encoder_params": 500}
+    m = {"wer_pct": 28.0, "decoder_params": 500, "token_embedding_params": 100, "encoder_params": 500}
+    record = {"structure": {"base_config": {"d_model": 128, "decoder_layers": 2}, "embedding_rank": 32,
+                            "stacks": {"decoder": {"layers": [{"origin": [0, 1]}]}}}}
+    out = mod.p2_figures(m, ref, record)
+    assert out["performance_kept_pct"] == pytest.approx(90.0)  # (1 - 0.28) / (1 - 0.20)
+    assert out["wer_rel_increase_pct"] == pytest.approx(40.0)
+    assert out["decoder_params_reduction_pct"] == pytest.approx(50.0)
+    assert out["embedding_compression_x"] == pytest.approx(4.0)
+    assert out["embedding_params_reduction_pct"] == pytest.approx(75.0)
+    assert (out["merged_pairs"], out["decoder_layers"], out["decoder_layers_dense"]) == (1, 1, 2)
+    assert out["embedding_rank_fraction"] == pytest.approx(0.25)
+    assert mod.p2_figures({"wer_pct": 50.0}, {"wer_pct": 100.0}, None)["performance_kept_pct"] is None

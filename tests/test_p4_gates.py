@@ -77,19 +77,17 @@ def test_sparsity_term_drives_a_toy_model_to_the_target() -> None:
     toy = nn.Module()
     toy.encoder = nn.Module()
     toy.encoder.layers = nn.ModuleList([nn.Linear(32, 32), nn.Linear(32, 64)])
-    cfg = GateConfig(tau=0.02, init_threshold=0.05, threshold_lr=0.02, weight_lr=1e-3, target_sparsity=0.6,
+    cfg = GateConfig(tau=0.02, init_threshold=0.05, threshold_lr=0.03, weight_lr=1e-3, target_sparsity=0.6,
                      lam=5.0)
     gates = SelfPinchingGates(toy, cfg)
     assert gates.hard_sparsity() < 0.05
     opt = torch.optim.Adam(toy.parameters(), lr=cfg.weight_lr)
-    x = torch.randn(64, 32)
-    for _ in range(150):
-        h = toy.encoder.layers[1](torch.relu(toy.encoder.layers[0](x)))
-        loss = h.pow(2).mean() * 0 + gates.loss()
+    for _ in range(80):  # the sparsity term alone: thresholds rise (and small weights shrink) to the target
+        loss = gates.loss()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert abs(float(gates.soft_sparsity()) - 0.6) < 0.05
+    assert abs(float(gates.soft_sparsity().detach()) - 0.6) < 0.05
     assert abs(gates.hard_sparsity() - 0.6) < 0.1
     assert len(gates.trace) == 2  # one record per layer, at install
 

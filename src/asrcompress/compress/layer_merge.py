@@ -112,10 +112,10 @@ class DecoderStates:
         self.close()
 
 
-def _masked_cos(a: Tensor, b: Tensor, mask: Tensor) -> tuple[float, int]:
-    """(sum of per-token cosines over ``mask``, number of tokens); zero vectors give cosine 0."""
+def _masked_cos_sum(a: Tensor, b: Tensor, mask: Tensor) -> float:
+    """Sum over the tokens in ``mask`` of the per-token cosine of ``a`` and ``b`` (zero vectors give 0)."""
     cos = nn.functional.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-12)
-    return float(cos[mask].sum()), int(mask.sum())
+    return float(cos[mask].sum())
 
 
 @torch.no_grad()
@@ -144,8 +144,7 @@ def pair_similarity(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -
                     pairs = {"output": (x[i + 1], x[i + 2]), "pair_io": (x[i], x[i + 2]),
                              "update": (x[i + 1] - x[i], x[i + 2] - x[i + 1])}
                     for name, (a, b) in pairs.items():
-                        total, count = _masked_cos(a, b, mask)
-                        sums[name][i] += total
+                        sums[name][i] += _masked_cos_sum(a, b, mask)
                 tokens += int(mask.sum())
     finally:
         model.train(was_training)

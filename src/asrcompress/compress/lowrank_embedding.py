@@ -138,13 +138,15 @@ def rank_error_sweep(W: Tensor, C: Tensor, ranks: Sequence[int], mode: str = "fu
     vocab, d = W.shape
     S, S_inv = activation_scale(C, mode, damping)
     eye = torch.eye(d, dtype=torch.float64)
+    top = max(int(r) for r in ranks)
+    # one SVD per scaling: the rank-r factors are the first r columns of A and rows of B of the top rank
+    factors = {name: activation_aware_factors(W.to(torch.float64), top, s, s_inv)
+               for name, (s, s_inv) in (("plain", (eye, eye)), ("aware", (S, S_inv)))}
     out = []
-    for r in ranks:
-        rec: dict[str, Any] = {"rank": int(r), "rank_fraction": int(r) / min(vocab, d),
-                               "embedding_params": int(r) * (vocab + d)}
-        for name, (s, s_inv) in (("plain", (eye, eye)), ("aware", (S, S_inv))):
-            A, B = activation_aware_factors(W.to(torch.float64), int(r), s, s_inv)
-            errs = reconstruction_errors(W, A @ B, C)
+    for r in (int(r) for r in ranks):
+        rec: dict[str, Any] = {"rank": r, "rank_fraction": r / min(vocab, d), "embedding_params": r * (vocab + d)}
+        for name, (A, B) in factors.items():
+            errs = reconstruction_errors(W, A[:, :r] @ B[:r], C)
             rec.update({f"{name}_{k}": v for k, v in errs.items()})
         out.append(rec)
     return out

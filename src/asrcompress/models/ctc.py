@@ -94,6 +94,7 @@ def _config_kwargs(dims: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
     drop = float(dims.get("dropout", 0.0))
     return {
         **FAST_FRONTEND,
+        "feat_extract_norm": str(dims.get("conv_norm", FAST_FRONTEND["feat_extract_norm"])),
         "vocab_size": vocab_size,
         "hidden_size": int(dims["hidden_size"]),
         "num_hidden_layers": int(dims["num_hidden_layers"]),

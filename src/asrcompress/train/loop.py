@@ -125,7 +125,7 @@ def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> np.nda
 def micro_batches(idx: np.ndarray, rank: int, world: int, accum: int) -> list[np.ndarray]:
     """Process ``rank``'s share ``idx[rank::world]`` of a global batch, split into ``accum``
     contiguous micro-batches (sizes differ by at most one)."""
-    return [m for m in np.array_split(idx[rank::world], accum)]
+    return list(np.array_split(idx[rank::world], accum))
 
 
 def loss_units(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int | None:
@@ -283,7 +283,6 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
         return bool(accelerator.reduce(flag, "sum").item() > 0)
 
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    backward_scale = accelerator.gradient_accumulation_steps  # 1 (plugin above); undone if not
     t0 = time.time()
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc=desc,
                disable=not accelerator.is_main_process, mininterval=5)
@@ -314,9 +313,8 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
                     target = loss * weight if weight != 1.0 else loss
                     if extra is not None:
                         target = target + (extra / accum if accum != 1 else extra)
-                    if backward_scale != 1:
-                        target = target * backward_scale
                     accelerator.backward(target)
+                    del outputs, target  # free the logits before the next micro-batch's forward
                 logged[0] += loss.detach().to(torch.float64) * share
                 if extra is not None:
                     has_extra = True
