@@ -46,9 +46,9 @@ from asrcompress.train.loop import TrainConfig
 
 
 def evaluate(model: torch.nn.Module, processor: Any, rows: list[dict], normalizer: str, n_resamples: int,
-             seed: int) -> tuple[dict[str, Any], list[str], Any]:
+             seed: int, batch_size: int = 32) -> tuple[dict[str, Any], list[str], Any]:
     """Greedy-decode ``rows``; (score() metrics, raw hypotheses, per-utterance normalised word errors)."""
-    hyps = transcribe_ctc(model, processor, rows)
+    hyps = transcribe_ctc(model, processor, rows, batch_size)
     refs = [r["text"] for r in rows]
     norm = get_normalizer(normalizer)
     errors = per_utterance_errors([norm(r) for r in refs], [norm(h) for h in hyps])["errors"]
@@ -91,23 +91,38 @@ def overall_trace(traces: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot(key: str, traces: dict[str, list[dict]], layers: list[dict], fig_dir: Path) -> None:
+def plot(key: str, traces: dict[str, list[dict]], layers: list[dict], removed: dict[str, float],
+         fig_dir: Path) -> None:
+    """Per-layer final sparsity (gates vs UMP; structured: share of each FFN / attention removed) and
+    the thresholds over training."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def short(name: str) -> str:
+        return name.split("encoder.layers.")[-1]
+
     fig_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(layers)), 4))
+    panels = 2 if removed else 1
+    fig, axes = plt.subplots(1, panels, figsize=(max(6, 0.5 * len(layers)) + 3 * (panels - 1), 4.5),
+                             squeeze=False, gridspec_kw={"width_ratios": [3, 1][:panels]})
+    ax = axes[0][0]
     x = range(len(layers))
-    for i, variant in enumerate(("gates", "ump")):
-        ax.bar([j + (i - 0.5) * 0.4 for j in x], [100 * r[f"{variant}_sparsity"] for r in layers], 0.4,
-               label={"gates": "self-pinching gates", "ump": "UMP (uniform)"}[variant])
-    ax.set_xticks(list(x), [r["layer"].split("encoder.layers.")[-1] for r in layers], rotation=60, ha="right",
-                  fontsize=7)
-    ax.set_ylabel("sparsity (%)")
+    for i, (col, label) in enumerate((("gates_sparsity", "self-pinching gates"), ("ump_sparsity", "UMP"))):
+        ax.bar([j + (i - 0.5) * 0.4 for j in x], [100 * r[col] for r in layers], 0.4, label=label)
+    ax.set_xticks(list(x), [short(r["layer"]) for r in layers], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 115)
+    ax.set_ylabel("zeroed weights (%)")
     ax.set_title(f"p4 {key}: final per-layer sparsity")
-    ax.legend()
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
+    if removed:
+        ax = axes[0][1]
+        ax.bar(range(len(removed)), [100 * v for v in removed.values()], color="tab:green")
+        ax.set_xticks(range(len(removed)), [short(k) for k in removed], rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("removed parameters (%)")
+        ax.set_title("structured gates")
     fig.tight_layout()
     fig.savefig(fig_dir / f"p4_{key}_layer_sparsity.png", dpi=120)
     plt.close(fig)
@@ -115,7 +130,7 @@ def plot(key: str, traces: dict[str, list[dict]], layers: list[dict], fig_dir: P
     for ax, (variant, rows) in zip(axes[0], traces.items(), strict=True):
         for name in dict.fromkeys(r["layer"] for r in rows):
             pts = [(r["step"], r["threshold_rel"]) for r in rows if r["layer"] == name]
-            ax.plot(*zip(*pts, strict=True), label=name.split("encoder.layers.")[-1])
+            ax.plot(*zip(*pts, strict=True), label=short(name))
         ax.set_xlabel("step")
         ax.set_ylabel("|t_l| / rms_l")
         ax.set_title(f"p4 {key}: {variant} thresholds")
@@ -132,9 +147,13 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
     seed = get(cfg, "seed", int)
     corpus = get(cfg, f"p4.models.{key}.corpus", str)
     normalizer = get(cfg, f"corpora.{corpus}.normalizer", str)
-    n_boot = get(cfg, "evaluate.bootstrap_resamples", int)
+    n_boot = get(cfg, "p4.bootstrap_resamples", int)
     tcfg = TrainConfig.from_params(get(cfg, "p4.compress_train", dict), seed)
-    gcfg = GateConfig.from_params(get(cfg, "p4.gates", dict), weight_lr=tcfg.lr)
+    gate_params = dict(get(cfg, "p4.gates", dict))
+    model_target = get(cfg, f"p4.models.{key}", dict).get("target_sparsity")  # per-model override
+    if model_target is not None:
+        gate_params["target_sparsity"] = float(model_target)
+    gcfg = GateConfig.from_params(gate_params, weight_lr=tcfg.lr)
     torch.set_num_threads(tcfg.num_threads)
     dense, processor = load_pretrained(dense_dir, attn_implementation=get(cfg, "p4.attn_implementation", str))
     train_rows, test_rows = load_split(corpus_dir, "train"), load_split(corpus_dir, "test")
@@ -143,8 +162,9 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
     dense_sha = hashlib.sha256(Path(dense_dir, "model.safetensors").read_bytes()).hexdigest()[:16]
     fp = {"model": key, "dense_sha256": dense_sha}
     boot_seed = derive_seed(seed, "bootstrap", "p4", key)
+    eval_bs = get(cfg, "p4.eval_batch_size", int)
 
-    base, dense_hyps, dense_err = evaluate(dense, processor, test_rows, normalizer, n_boot, boot_seed)
+    base, dense_hyps, dense_err = evaluate(dense, processor, test_rows, normalizer, n_boot, boot_seed, eval_bs)
     dense_counts = count_params(dense)
     metrics: dict[str, Any] = {"dense_wer_pct": base["wer_pct"], "dense_wer_ci_low_pct": base["wer_ci_low_pct"],
                                "dense_wer_ci_high_pct": base["wer_ci_high_pct"], "dense_cer_pct": base["cer_pct"],
@@ -157,7 +177,7 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
         ckpt = save_compressed(model, out / name, f"p4_{name}", method_params,
                                extra={"compress_seconds": summary["compress_seconds"]})
         processor.save_pretrained(ckpt)
-        res, hyps[name], err = evaluate(model, processor, test_rows, normalizer, n_boot, boot_seed)
+        res, hyps[name], err = evaluate(model, processor, test_rows, normalizer, n_boot, boot_seed, eval_bs)
         test = matched_pairs_test(dense_err, err)
         metrics.update({f"{name}_wer_pct": res["wer_pct"], f"{name}_wer_ci_low_pct": res["wer_ci_low_pct"],
                         f"{name}_wer_ci_high_pct": res["wer_ci_high_pct"], f"{name}_cer_pct": res["cer_pct"],
@@ -180,6 +200,7 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
     gate_layers = {r["layer"]: r["hard_sparsity"] for r in summary["layers"]}
 
     # 2) structured gates (neurons/heads removed physically)
+    removed: dict[str, float] = {}
     if get(cfg, "p4.structured.enabled", bool):
         scfg = replace(gcfg, structured=True, **get(cfg, "p4.structured.gates", dict))
         pruned = copy.deepcopy(dense)
@@ -187,8 +208,11 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
                                            f"checkpoints/p4_structured/{key}", rep / "structured_loss.csv",
                                            {**fp, "gates": asdict(scfg)}, desc=f"p4_structured@{key}")
         traces["structured"] = sgates.trace
+        removed = {r["layer"]: r["hard_sparsity"] for r in ssum["layers"]}
         measure("structured", pruned, ssum, asdict(scfg))
         metrics["structured_removed_params"] = dense_counts["params"] - metrics["structured_params"]
+        metrics["structured_ffn_neurons_removed"] = sum(len(v) for k, v in ssum["removed"].items() if "ffn" in k)
+        metrics["structured_heads_removed"] = sum(len(v) for k, v in ssum["removed"].items() if "heads" in k)
         metrics["structured_params_reduction_pct"] = 100.0 * metrics["structured_removed_params"] / dense_counts["params"]
 
     # 3) UMP at the sparsity the gates reached, same fine-tuning budget
@@ -210,7 +234,7 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
     write_csv(rep / "sparsity_trace.csv", overall_trace(traces))
     write_jsonl(rep / "hyps.jsonl", ({"id": r["id"], "ref": r["text"], **{v: h[i] for v, h in hyps.items()}}
                                            for i, r in enumerate(test_rows)))
-    plot(key, traces, layers, Path(fig_dir))
+    plot(key, traces, layers, removed, Path(fig_dir))
     write_json(metrics_path, metrics)
 
 
