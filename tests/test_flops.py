@@ -17,15 +17,6 @@ from asrcompress.measure.flops import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_ffn_removal_lowers_flops_zeroing_does_not():
     dense = make_tiny_whisper()
     before = whisper_flops(dense, n_new_tokens=8)

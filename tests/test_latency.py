@@ -1,6 +1,5 @@
 """Timing helpers: sample counts, interleaving, summaries, runtime record, forced greedy decoding."""
 
-import pytest
 import torch
 
 from asrcompress.measure.latency import (
@@ -13,15 +12,6 @@ from asrcompress.measure.latency import (
     time_callable,
     whisper_greedy_decode,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_time_callable_counts_warmup_and_repeats():

@@ -29,16 +29,6 @@ FC1 = "model.encoder.layers.0.fc1.weight"
 Q = "model.decoder.layers.1.self_attn.q_proj.weight"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine the thread hand-offs stall
-    (measured: this file 2.7 s with one thread vs ~40 s with two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def half_masks(model, names, seed=0):
     g = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())

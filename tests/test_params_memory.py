@@ -12,15 +12,6 @@ from asrcompress.measure.params import count_params, percent_reduction
 from asrcompress.measure.real_scale import REFERENCE_PARAMS, build_real, real_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", ["whisper-small", "whisper-medium", "wav2vec2-base", "hubert-large"])
 def test_real_configs_on_meta(name):
     p = count_params(build_real(name, device="meta"))

@@ -33,16 +33,6 @@ D, HEADS, HD, FFN, VOCAB = 64, 4, 16, 128, 300
 DEC = torch.tensor([[1, 5, 7, 9, 11, 13]] * 2)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine the thread hand-offs stall
-    (measured: this file 2.7 s with one thread vs ~40 s with two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def logits(model, feats):
     with torch.no_grad():
         return model(input_features=feats, decoder_input_ids=DEC).logits
