@@ -116,6 +116,12 @@ def main(corpus_dir: str, metrics_path: str, details_dir: str, *variants: str) -
                  normalizers[-1], wers[normalizers[-1]]["wer_pct"], flops, full["latency_ms_p50"])
     table["reference"] = named[0][0]
     table["normalizers"] = normalizers
+    table["definitions"] = {
+        "memory_reduction_pct": "peak RSS of a process loading the model and transcribing "
+                                f"{mcfg['rss_utterances']} test utterances, minus its RSS before loading",
+        "weights_reduction_pct": "bytes of the stored parameters and buffers",
+        "flops_reduction_pct": "ptflops FLOPs per test utterance, every model decoding the reference's token counts",
+        "params_reduction_pct": "parameters physically present (masked zeros count)"}
     write_json(out, table)
     log.info("p1_measure: %s", json.dumps({k: {c: v[c] for c in ("params_reduction_pct", "flops_reduction_pct",
                                                                  "memory_reduction_pct", "wer_delta_abs")}

@@ -3,15 +3,17 @@ their structured variant (neurons/heads removed physically) and the two-pass UMP
 magnitude pruning at the sparsity the gates reached, then the same fine-tuning budget with masks
 re-applied after each step). Each is measured on the test split against the dense model: normalised
 WER with a bootstrap CI, matched-pairs p-value vs dense, (non-zero) parameters, checkpoint bytes and
-the compression wall time.
+the compression wall time. With ``p4.dense_control`` the dense model is also fine-tuned for the same
+budget without pruning ("control"), and every compressed variant is tested against it too (in smoke
+the dense model is still improving, so "vs dense" mixes compression with extra training).
 
     python stages/p4_compress.py <model-key> <dense-dir> <corpus-dir> <out-dir> <reports-dir> \
         <figures-dir> <metrics-json>
 
-Writes ``<out-dir>/{gates,structured,ump}`` (``save_compressed`` + processor); in ``<reports-dir>``:
+Writes ``<out-dir>/{control,gates,structured,ump}`` (``save_compressed`` + processor); in ``<reports-dir>``:
 ``hyps.jsonl`` (raw hypotheses of every variant), ``thresholds.csv`` (per-layer thresholds and sparsity
 over training), ``sparsity_trace.csv`` (overall sparsity over training), ``layers.csv`` (final
-per-layer sparsity), ``{gates,structured,ump}_loss.csv``; the figures ``p4_<key>_layer_sparsity.png`` and
+per-layer sparsity), ``{control,gates,structured,ump}_loss.csv``; the figures ``p4_<key>_layer_sparsity.png`` and
 ``p4_<key>_thresholds.png``; the flat metrics JSON.
 """
 
@@ -21,6 +23,7 @@ import copy
 import csv
 import hashlib
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from asrcompress.measure.wer import matched_pairs_test, per_utterance_errors, sc
 from asrcompress.models.ctc import load_pretrained, transcribe_ctc
 from asrcompress.text.normalize import get_normalizer
 from asrcompress.train.collate import CTCCollator
-from asrcompress.train.loop import TrainConfig
+from asrcompress.train.loop import TrainConfig, train
 
 
 def evaluate(model: torch.nn.Module, processor: Any, rows: list[dict], normalizer: str, n_resamples: int,
@@ -171,6 +174,7 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
                                "dense_params": dense_counts["params"], "test_utterances": len(test_rows),
                                "compress_steps": tcfg.max_steps}
     hyps: dict[str, list[str]] = {"dense": dense_hyps}
+    errors: dict[str, Any] = {"dense": dense_err}
     traces: dict[str, list[dict]] = {}
 
     def measure(name: str, model: torch.nn.Module, summary: dict[str, Any], method_params: dict) -> None:
@@ -178,6 +182,7 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
                                extra={"compress_seconds": summary["compress_seconds"]})
         processor.save_pretrained(ckpt)
         res, hyps[name], err = evaluate(model, processor, test_rows, normalizer, n_boot, boot_seed, eval_bs)
+        errors[name] = err
         test = matched_pairs_test(dense_err, err)
         metrics.update({f"{name}_wer_pct": res["wer_pct"], f"{name}_wer_ci_low_pct": res["wer_ci_low_pct"],
                         f"{name}_wer_ci_high_pct": res["wer_ci_high_pct"], f"{name}_cer_pct": res["cer_pct"],
@@ -190,6 +195,16 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
                  key, name, ckpt, res["wer_pct"], base["wer_pct"], test["p_value_b_worse"],
                  metrics[f"{name}_sparsity_pct"], metrics[f"{name}_params"], summary["compress_seconds"])
 
+    # 0) control: the dense model fine-tuned with the same budget, nothing pruned ("compress_seconds" = the
+    #    plain fine-tuning time, the per-step reference for the gates' overhead)
+    if get(cfg, "p4.dense_control", bool):
+        control = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        csum = train(control, train_rows, collate, tcfg, f"checkpoints/p4_control/{key}", rep / "control_loss.csv",
+                     {**fp, "control": True}, desc=f"p4_control@{key}")
+        measure("control", control, {**csum, "compress_seconds": time.perf_counter() - t0},
+                {"steps": tcfg.max_steps})
+
     # 1) one-pass unstructured gates
     gated = copy.deepcopy(dense)
     gates, summary = compress_with_gates(gated, train_rows, collate, tcfg, gcfg, f"checkpoints/p4_gates/{key}",
@@ -197,6 +212,7 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
                                          desc=f"p4_gates@{key}")
     traces["gates"] = gates.trace
     measure("gates", gated, summary, asdict(gcfg))
+    metrics["gates_soft_sparsity_pct"] = 100.0 * summary["soft_sparsity"]
     gate_layers = {r["layer"]: r["hard_sparsity"] for r in summary["layers"]}
 
     # 2) structured gates (neurons/heads removed physically)
@@ -210,6 +226,8 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
         traces["structured"] = sgates.trace
         removed = {r["layer"]: r["hard_sparsity"] for r in ssum["layers"]}
         measure("structured", pruned, ssum, asdict(scfg))
+        metrics["structured_soft_sparsity_pct"] = 100.0 * ssum["soft_sparsity"]
+        metrics["structured_gated_removed_pct"] = 100.0 * ssum["hard_sparsity"]
         metrics["structured_removed_params"] = dense_counts["params"] - metrics["structured_params"]
         metrics["structured_ffn_neurons_removed"] = sum(len(v) for k, v in ssum["removed"].items() if "ffn" in k)
         metrics["structured_heads_removed"] = sum(len(v) for k, v in ssum["removed"].items() if "heads" in k)
@@ -223,6 +241,12 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
     measure("ump", ump, usum, {"sparsity": target, "steps": tcfg.max_steps})
     metrics["ump_prune_seconds"] = round(usum["prune_seconds"], 3)
     metrics["gates_vs_ump_time_ratio"] = metrics["gates_compress_seconds"] / metrics["ump_compress_seconds"]
+
+    if "control" in errors:  # compressed vs the equally fine-tuned dense model
+        for name in [n for n in errors if n not in ("dense", "control")]:
+            test = matched_pairs_test(errors["control"], errors[name])
+            metrics[f"{name}_delta_wer_vs_control_pct"] = metrics[f"{name}_wer_pct"] - metrics["control_wer_pct"]
+            metrics[f"{name}_p_value_worse_vs_control"] = test["p_value_b_worse"]
 
     # reports
     keep = prunable_weight_filter(ump)

@@ -178,3 +178,36 @@ def test_collator_and_transcription_keep_row_order(tmp_path) -> None:
     assert hyps == transcribe_ctc(model2, proc2, rows[::-1], batch_size=1)[::-1]
     assert hyps == [transcribe_ctc(model2, proc2, [r])[0] for r in rows]
     assert len(transcribe_ctc(model2, proc2, rows, batch_size=2)) == 3
+
+
+def test_gates_and_ump_run_in_the_training_loop_and_resume(tmp_path) -> None:
+    from asrcompress.compress.self_pinching import compress_with_gates, ump_baseline
+    from asrcompress.train.loop import TrainConfig
+
+    proc = build_processor(build_vocab(TEXTS))
+    rng = np.random.default_rng(1)
+    rows = [{"id": str(i), "text": TEXTS[i % 3], "audio": {"array": rng.standard_normal(8000).astype(np.float32),
+                                                            "sampling_rate": 16000}} for i in range(8)]
+    dims = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    tcfg = TrainConfig(max_steps=3, batch_size=4, lr=1e-3, checkpoint_every=3, num_threads=1)
+    gcfg = GateConfig(weight_lr=1e-3, threshold_lr=0.05, target_sparsity=0.5, log_every=1)
+
+    def run() -> tuple[nn.Module, SelfPinchingGates, dict]:
+        torch.manual_seed(0)
+        model = build_model("wav2vec2", "scratch", proc, dims)
+        gates, summary = compress_with_gates(model, rows, CTCCollator(proc), tcfg, gcfg, str(tmp_path / "ck"),
+                                             str(tmp_path / "loss.csv"), {"t": 1})
+        return model, gates, summary
+
+    model, gates, summary = run()
+    assert [r["step"] for r in gates.trace[::6]] == [0, 1, 2, 3]  # 6 gated linears per record
+    assert gates.trace[-1]["threshold_rel"] > gates.trace[0]["threshold_rel"]
+    assert summary["resumed_from"] == 0 and summary["compress_seconds"] > 0
+    assert sparsity_report(model, prunable_weight_filter(model))["sparsity"] == pytest.approx(
+        summary["hard_sparsity"])
+    again, _, summary2 = run()  # same fingerprint: resumes at the end, thresholds restored from the checkpoint
+    assert summary2["resumed_from"] == 3
+    assert summary2["layers"] == summary["layers"]
+    usum = ump_baseline(again, 0.5, rows, CTCCollator(proc), tcfg, str(tmp_path / "ump"),
+                        str(tmp_path / "ump.csv"), {"u": 1})
+    assert usum["sparsity"] == pytest.approx(0.5, abs=1e-3) and not get_masks(again)

@@ -356,7 +356,9 @@ class SelfPinchingGates:
         permanent (weights zeroed). Structured: closed neurons/heads removed physically. Returns a
         summary: final thresholds and per-layer stats, and the removed units (structured)."""
         stats = self.layer_stats()
-        summary: dict[str, Any] = {"gates": asdict(self.cfg), "layers": stats,
+        with torch.no_grad():
+            soft = float(self.soft_sparsity())
+        summary: dict[str, Any] = {"gates": asdict(self.cfg), "layers": stats, "soft_sparsity": soft,
                                    "hard_sparsity": self.hard_sparsity()}
         if self.cfg.structured:
             closed = self.closed_groups()
