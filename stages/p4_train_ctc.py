@@ -28,16 +28,17 @@ def main(key: str, corpus_dir: str, out_dir: str, loss_csv: str, metrics_path: s
     processor = build_processor(build_vocab(r["text"] for r in rows))
     model = build_model(kind, source, processor, dims, get(cfg, "p4.attn_implementation", str))
     tcfg = TrainConfig.from_params(get(cfg, "p4.train", dict), get(cfg, "seed", int))
+    fingerprint = {"model": key, "kind": kind, "source": source, "dims": dims,
+                   "vocab": processor.tokenizer.get_vocab()}
     summary = train(model, rows, CTCCollator(processor), tcfg, ckpt_dir=f"checkpoints/p4_train/{key}",
-                    loss_log=loss_csv, fingerprint={"model": key, "kind": kind, "source": source, "dims": dims,
-                                                    "vocab": processor.tokenizer.get_vocab()},
-                    desc=f"p4_train_ctc@{key}")
+                    loss_log=loss_csv, fingerprint=fingerprint, desc=f"p4_train_ctc@{key}")
     save_pretrained(model, processor, out_dir)
     params = count_params(model)
-    write_json(metrics_path, {**summary, "train_utterances": len(rows), "vocab_size": len(processor.tokenizer),
+    steps_run = max(1, tcfg.max_steps - summary["resumed_from"])
+    write_json(metrics_path, {**summary, "train_utterances": len(rows),
+                              "vocab_size": len(processor.tokenizer),
                               "params": params["params"], "params_m": params["params_m"],
-                              "seconds_per_step": round(summary["train_seconds"] / max(1, tcfg.max_steps
-                                                                                       - summary["resumed_from"]), 3)})
+                              "seconds_per_step": round(summary["train_seconds"] / steps_run, 3)})
     log.info("p4_train_ctc@%s: %s (%d utts) -> %s, %s from %s, %.3f M params, final loss %.3f, %.0f s", key,
              corpus_dir, len(rows), out_dir, kind, source, params["params_m"], summary["final_loss"],
              summary["train_seconds"])

@@ -186,8 +186,9 @@ def test_gates_and_ump_run_in_the_training_loop_and_resume(tmp_path) -> None:
 
     proc = build_processor(build_vocab(TEXTS))
     rng = np.random.default_rng(1)
-    rows = [{"id": str(i), "text": TEXTS[i % 3], "audio": {"array": rng.standard_normal(8000).astype(np.float32),
-                                                            "sampling_rate": 16000}} for i in range(8)]
+    rows = [{"id": str(i), "text": TEXTS[i % 3],
+             "audio": {"array": rng.standard_normal(8000).astype(np.float32), "sampling_rate": 16000}}
+            for i in range(8)]
     dims = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     tcfg = TrainConfig(max_steps=3, batch_size=4, lr=1e-3, checkpoint_every=3, num_threads=1)
     gcfg = GateConfig(weight_lr=1e-3, threshold_lr=0.05, target_sparsity=0.5, log_every=1)
@@ -205,7 +206,7 @@ def test_gates_and_ump_run_in_the_training_loop_and_resume(tmp_path) -> None:
     assert summary["resumed_from"] == 0 and summary["compress_seconds"] > 0
     assert sparsity_report(model, prunable_weight_filter(model))["sparsity"] == pytest.approx(
         summary["hard_sparsity"])
-    again, _, summary2 = run()  # same fingerprint: resumes at the end, thresholds restored from the checkpoint
+    again, _, summary2 = run()  # same fingerprint: resumes at the end, thresholds restored from checkpoint
     assert summary2["resumed_from"] == 3
     assert summary2["layers"] == summary["layers"]
     usum = ump_baseline(again, 0.5, rows, CTCCollator(proc), tcfg, str(tmp_path / "ump"),

@@ -68,6 +68,7 @@ __all__ = [
     "GateConfig",
     "compress_with_gates",
     "ump_baseline",
+    "overall_sparsity_trace",
     "PinchGate",
     "GroupPinchGate",
     "SelfPinchingGates",
@@ -103,7 +104,7 @@ class GateConfig:
 
     @classmethod
     def from_params(cls, section: dict[str, Any], weight_lr: float) -> GateConfig:
-        """Build from a params section (unknown keys are an error); ``weight_lr`` from the training section."""
+        """Build from a params section (unknown keys are an error); ``weight_lr``: the training lr."""
         known = set(cls.__dataclass_fields__) - {"weight_lr"}
         unknown = set(section) - known
         if unknown:
@@ -368,7 +369,8 @@ class SelfPinchingGates:
                     prune_ffn_neurons(self.model, "encoder", layer, idx)
                 else:
                     prune_heads(self.model, "encoder", layer, idx)
-            summary["removed"] = {f"layer{layer}.{unit}": idx for (layer, unit), idx in sorted(closed.items())}
+            summary["removed"] = {f"layer{layer}.{unit}": idx
+                                  for (layer, unit), idx in sorted(closed.items())}
         else:
             masks = self.hard_masks()
             self.remove()
@@ -393,8 +395,8 @@ def compress_with_gates(model: nn.Module, rows: Sequence[dict[str, Any]], collat
     from asrcompress.train.loop import train
 
     if abs(train_cfg.lr - gate_cfg.weight_lr) > 1e-12:
-        raise ValueError(f"gate_cfg.weight_lr {gate_cfg.weight_lr} != training lr {train_cfg.lr}: the threshold "
-                         "learning rate is expressed relative to the loop's lr")
+        raise ValueError(f"gate_cfg.weight_lr {gate_cfg.weight_lr} != training lr {train_cfg.lr}: the "
+                         "threshold learning rate is expressed relative to the loop's lr")
     t0 = time.perf_counter()
     gates = SelfPinchingGates(model, gate_cfg)
     summary = train(model, rows, collate, train_cfg, ckpt_dir, loss_log, fingerprint,
@@ -424,3 +426,21 @@ def ump_baseline(model: nn.Module, sparsity: float, rows: Sequence[dict[str, Any
     make_permanent(model)
     return {**summary, "prune_seconds": prune_s, "compress_seconds": time.perf_counter() - t0,
             "sparsity": sparsity_report(model, keep)["sparsity"]}
+
+
+def overall_sparsity_trace(traces: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Merge :attr:`SelfPinchingGates.trace` records of several runs (``{variant: trace}``) into one row
+    per step: ``step`` and, per variant, ``<variant>_target`` and the parameter-weighted
+    ``<variant>_soft_sparsity`` / ``<variant>_hard_sparsity`` over all its gated layers."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for variant, rows in traces.items():
+        steps: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            steps.setdefault(r["step"], []).append(r)
+        for step, rs in steps.items():
+            n = sum(r["params"] for r in rs)
+            rec = by_step.setdefault(step, {"step": step})
+            rec[f"{variant}_target"] = rs[0]["target"]
+            for k in ("soft_sparsity", "hard_sparsity"):
+                rec[f"{variant}_{k}"] = round(sum(r[k] * r["params"] for r in rs) / n, 6)
+    return [by_step[s] for s in sorted(by_step)]

@@ -185,7 +185,8 @@ def ctc_collapse(ids: Sequence[int], blank: int = 0) -> list[int]:
     return out
 
 
-def greedy_ids(logits: torch.Tensor, lengths: Sequence[int] | torch.Tensor, blank: int = 0) -> list[list[int]]:
+def greedy_ids(logits: torch.Tensor, lengths: Sequence[int] | torch.Tensor,
+               blank: int = 0) -> list[list[int]]:
     """Collapsed arg-max ids of a batch of ``(batch, frames, vocab)`` logits; ``lengths`` = valid
     frames per row."""
     best = logits.argmax(dim=-1).tolist()
@@ -211,6 +212,7 @@ def transcribe_ctc(model: torch.nn.Module, processor: Wav2Vec2Processor, rows: S
         device = next(model.parameters()).device
         logits = model(inputs.input_values.to(device), attention_mask=inputs.attention_mask.to(device)).logits
         frames = model._get_feat_extract_output_lengths(inputs.attention_mask.sum(-1))
-        for i, ids in zip(idx, greedy_ids(logits.cpu(), frames.tolist(), blank=tok.pad_token_id), strict=True):
+        best = greedy_ids(logits.cpu(), frames.tolist(), blank=tok.pad_token_id)
+        for i, ids in zip(idx, best, strict=True):
             hyps[i] = tok.decode(ids, group_tokens=False).strip()
     return [hyps[i] for i in range(len(rows))]
