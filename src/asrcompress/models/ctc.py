@@ -121,7 +121,7 @@ def build_model(kind: str, source: str, processor: Wav2Vec2Processor, dims: Mapp
     ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``, optional
     ``num_conv_pos_embeddings`` (32), ``num_conv_pos_embedding_groups`` (16), ``dropout`` (0),
     ``spec_augment`` (true), ``stable_layer_norm`` (false: post-LN as wav2vec2-base; true: pre-LN as
-    the large models)) with the fast conv front-end. Otherwise ``source`` is a hub id or path
+    the large models), ``conv_norm`` ("group" | "layer")) with the fast conv front-end. Otherwise ``source`` is a hub id or path
     of a pretrained encoder; its CTC head is created anew (``vocab_size`` differs from any head it
     may have) and the conv feature encoder is frozen, as usual for CTC fine-tuning.
     """
