@@ -36,6 +36,7 @@ COLUMNS = [  # (summary column, metrics key, format)
     ("real_params_reduction_pct", "real_params_reduction_pct", "{:.1f}"),
     ("real_speedup_decoder_token", "real_speedup_decoder_token", "{:.2f}"),
     ("real_speedup_30s", "real_speedup_30s", "{:.2f}"),
+    ("real_speedup_30s_shared_encoder", "real_speedup_30s_shared_encoder", "{:.2f}"),
 ]
 CONTROL = "control"  # optional variant: the dense model with the same recovery training, nothing compressed
 DEV_LOSSES = ("dev_loss_init", "dev_loss_before_training", "dev_loss_after_training")
@@ -94,7 +95,8 @@ def write_summary(rows: list[dict[str, Any]], dense: dict[str, Any], csv_path: P
               f"{dense.get('runtime_cpu_model')};",
               "- real_*: the same structure (merged layers, embedding rank as a fraction of d_model) applied to "
               "the real architecture with random weights (measure/real_scale.py); 30 s = encoder window + forced "
-              "decode; decoder_token = per generated token;",
+              "decode; _shared_encoder uses the dense encoder time for both (the encoder is unchanged); decoder_token = "
+              "per generated token;",
               "- dev_loss_*: teacher-forced cross-entropy per token on dev utterances: of the start model (init), "
               "right after the surgery, after recovery training (reports/p2/<variant>/compress.json)."]
     md_path.write_text("\n".join(lines) + "\n")
@@ -109,19 +111,20 @@ def plot_rank_error(sweeps: dict[str, list[dict[str, str]]], chosen: dict[str, i
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, max(1, len(sweeps)), figsize=(5 * max(1, len(sweeps)), 3.8), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], sweeps.items(), strict=False):
+    for ax, (name, all_rows) in zip(axes[0], sweeps.items(), strict=False):
+        rows = [r for r in all_rows if float(r["rank_fraction"]) < 1.0]  # full rank is exact (error ~1e-15)
         ranks = [int(r["rank"]) for r in rows]
         for key, label, style in (("plain_weight_rel_err", "plain SVD, weight space", "C0--"),
                                   ("plain_act_rel_err", "plain SVD, activation-weighted", "C0-"),
                                   ("aware_weight_rel_err", "activation-aware, weight space", "C1--"),
                                   ("aware_act_rel_err", "activation-aware, activation-weighted", "C1-")):
-            ax.plot(ranks, [max(float(r[key]), 1e-8) for r in rows], style, marker="o", ms=3, label=label)
+            ax.plot(ranks, [float(r[key]) for r in rows], style, marker="o", ms=3, label=label)
         if name in chosen:
             ax.axvline(chosen[name], color="grey", lw=0.8, ls=":", label=f"chosen rank {chosen[name]}")
         ax.set_yscale("log")
         ax.set_xlabel("embedding rank")
         ax.set_ylabel("relative error")
-        ax.set_title(f"p2_{name}: token embedding / output projection")
+        ax.set_title(f"p2_{name}: token embedding / output projection", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,7 @@ def plot_speedup(rows: list[dict[str, Any]], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     groups = (("speedup_vs_reference", "smoke model, CPU batch 1"),
               ("real_speedup_decoder_token", "real arch., decoder per token"),
-              ("real_speedup_30s", "real arch., 30 s window"))
+              ("real_speedup_30s_shared_encoder", "real arch., 30 s window (encoder timed once)"))
     width = 0.8 / len(groups)
     for j, (key, label) in enumerate(groups):
         ax1.bar([i + j * width for i in range(len(names))], [r.get(key) or 0.0 for r in variants], width,
