@@ -21,7 +21,13 @@ Columns (``<metrics-json>``, one entry per variant; reductions are relative to t
   variant is not credited for emitting fewer tokens; ``gflops_encoder`` and ``gflops_decoder_token``
   are given too;
 * ``wer_<normaliser>_pct`` with its 95 % bootstrap interval, ``wer_delta_abs`` (first normaliser),
-  batch-1 CPU latency and ``speedup_vs_reference``.
+  batch-1 CPU latency and ``speedup_vs_reference`` of the suite (each variant's own greedy decoding,
+  so a variant that stops earlier looks faster);
+* ``fixed_encoder_ms_p50`` / ``fixed_encoder_speedup`` (the encoder alone) and ``fixed_latency_ms_p50``
+  / ``fixed_latency_speedup`` (encoder + exactly ``p1.timing.tokens`` greedy decoder steps): batch-1
+  times on one test utterance, all variants interleaved in one process
+  (``measure.latency.interleaved_timings``, ``p1.timing.repeats`` rounds after two warm-up rounds,
+  ``measure.num_threads`` threads): the speed of the architecture, independent of output length.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from asrcompress.compress.checkpoint import load_compressed
 from asrcompress.config import deep_merge, derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json, write_jsonl
+from asrcompress.measure import latency
 from asrcompress.measure.flops import whisper_cost
 from asrcompress.measure.params import percent_reduction
 from asrcompress.measure.suite import measure_variant
@@ -50,6 +58,31 @@ def _utterance_gflops(model_dir: str, lengths: list[int], prompt_len: int = 4) -
     """Mean per-utterance GFLOPs (2 x MACs) of ``model_dir`` decoding ``lengths`` tokens."""
     cost = whisper_cost(load_compressed(model_dir))
     return 2 * float(np.mean([cost.utterance_macs(n, prompt_len) for n in lengths])) / 1e9
+
+
+def processor_features(model_dir: str, row: dict[str, Any]) -> Any:
+    """Batch-1 log-mel features of ``row`` with the processor saved in ``model_dir``."""
+    from transformers import WhisperProcessor
+
+    fe = WhisperProcessor.from_pretrained(model_dir).feature_extractor
+    return fe([np.asarray(row["audio"]["array"], dtype=np.float32)], sampling_rate=16000,
+              return_tensors="pt").input_features
+
+
+def fixed_length_timing(model_dirs: dict[str, str], features: Any, tokens: int, repeats: int, seed: int
+                        ) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call, variants interleaved: ``encoder`` (the encoder alone) and ``decode`` (encoder +
+    ``tokens`` forced greedy decoder steps); two warm-up rounds, ``repeats`` timed rounds each."""
+    models = {name: load_compressed(d).eval() for name, d in model_dirs.items()}
+
+    def encoder(m: Any) -> None:
+        with torch.inference_mode():
+            m.model.encoder(features)
+
+    enc = {name: (lambda m=m: encoder(m)) for name, m in models.items()}
+    dec = {name: (lambda m=m: latency.whisper_greedy_decode(m, features, tokens)) for name, m in models.items()}
+    return {"encoder": latency.interleaved_timings(enc, warmup=2, repeats=repeats, seed=seed),
+            "decode": latency.interleaved_timings(dec, warmup=2, repeats=repeats, seed=seed + 1)}
 
 
 def paper_row(full: dict[str, Any], ref: dict[str, Any] | None, wers: dict[str, dict], flops: float,
@@ -114,6 +147,16 @@ def main(corpus_dir: str, metrics_path: str, details_dir: str, *variants: str) -
         log.info("p1_measure@%s: %s | %.3f M params, WER %s %.2f%%, %s %.2f%%, %.4f GFLOPs/utt, %.1f ms/utt",
                  name, model_dir, full["params_m"], normalizers[0], wers[normalizers[0]]["wer_pct"],
                  normalizers[-1], wers[normalizers[-1]]["wer_pct"], flops, full["latency_ms_p50"])
+    tokens, repeats = get(p1, "timing.tokens", int), get(p1, "timing.repeats", int)
+    feats = processor_features(named[0][1], rows[0])
+    times = fixed_length_timing(dict(named), feats, tokens, repeats, derive_seed(seed, "p1_timing"))
+    for what, key in (("encoder", "fixed_encoder"), ("decode", "fixed_latency")):
+        ref_p50 = float(np.median(times[what][named[0][0]]))
+        for name, _ in named:
+            p50 = float(np.median(times[what][name]))
+            table[name].update({f"{key}_ms_p50": 1e3 * p50, f"{key}_speedup": ref_p50 / p50})
+    for name, _ in named:
+        table[name]["fixed_latency_tokens"] = tokens
     table["reference"] = named[0][0]
     table["normalizers"] = normalizers
     table["definitions"] = {
@@ -124,7 +167,8 @@ def main(corpus_dir: str, metrics_path: str, details_dir: str, *variants: str) -
         "params_reduction_pct": "parameters physically present (masked zeros count)"}
     write_json(out, table)
     log.info("p1_measure: %s", json.dumps({k: {c: v[c] for c in ("params_reduction_pct", "flops_reduction_pct",
-                                                                 "memory_reduction_pct", "wer_delta_abs")}
+                                                                 "wer_delta_abs", "fixed_encoder_speedup",
+                                                                 "fixed_latency_speedup")}
                                            for k, v in table.items() if isinstance(v, dict) and "wer_delta_abs" in v}))
 
 
