@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from asrcompress.config import get, load_params
+import torch
+
+from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json
 from asrcompress.measure.params import count_params
 from asrcompress.models.ctc import build_model, build_processor, build_vocab, save_pretrained
@@ -26,6 +28,7 @@ def main(key: str, corpus_dir: str, out_dir: str, loss_csv: str, metrics_path: s
     dims = get(cfg, "p4.dims", dict)
     rows = load_split(corpus_dir, "train")
     processor = build_processor(build_vocab(r["text"] for r in rows))
+    torch.manual_seed(derive_seed(get(cfg, "seed", int), "p4_init", key))  # the initial weights
     model = build_model(kind, source, processor, dims, get(cfg, "p4.attn_implementation", str))
     tcfg = TrainConfig.from_params(get(cfg, "p4.train", dict), get(cfg, "seed", int))
     fingerprint = {"model": key, "kind": kind, "source": source, "dims": dims,
