@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from asrcompress.report.tables import dig
+
 
 @dataclass
 class Finding:
@@ -34,8 +36,8 @@ class Finding:
 
 
 def _ci_half_width(old_file: Mapping[str, Any], key: str) -> float:
-    lo = old_file.get(key.replace("_pct", "_ci_low_pct"))
-    hi = old_file.get(key.replace("_pct", "_ci_high_pct"))
+    lo = dig(old_file, key.replace("_pct", "_ci_low_pct"))
+    hi = dig(old_file, key.replace("_pct", "_ci_high_pct"))
     if isinstance(lo, int | float) and isinstance(hi, int | float):
         return (hi - lo) / 2
     return 0.0
@@ -63,6 +65,11 @@ def judge(path: str, key: str, old: Any, new: Any, rules: list[Mapping[str, Any]
         if kind == "exact":
             verdict = "ok" if abs(new - old) <= 1e-9 * max(1.0, abs(old)) else "regression"
             return Finding(path, key, old, new, verdict, name)
+        if kind == "max_rel_rise":  # counts that depend on training (pruned structure): may not grow
+            limit = old * (1.0 + float(rule["rel"]))
+            if new > limit:
+                return Finding(path, key, old, new, "regression", f"{name}: {new:.6g} > (1 + {rule['rel']}) x {old:.6g}")
+            return Finding(path, key, old, new, "improvement" if new < old * (1.0 - float(rule["rel"])) else "ok", name)
         if kind == "min_ratio":
             if old > 0 and new < float(rule["ratio"]) * old:
                 return Finding(path, key, old, new, "regression", f"{name}: {new:.3g} < {rule['ratio']} x {old:.3g}")

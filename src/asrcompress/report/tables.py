@@ -42,18 +42,38 @@ def load_reported(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def dig(data: Mapping[str, Any], key: str) -> Any:
+    """``data[key]``, or for a dotted key the nested value (``"sgl_pruned.wer_hindi_pct"``), as
+    ``dvc metrics show`` flattens nested metrics files. None when any part is missing."""
+    if key in data:
+        return data[key]
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def _lookup(root: Path, ours: Mapping[str, Any] | None) -> tuple[float | None, str | None]:
+    """Our figure for one row. ``ours`` = {metrics: file, key: (dotted) key} plus optionally
+    ``minus: key`` (a difference of two figures of the same file) or ``percent_of: key``."""
     if not ours:
         return None, None
     path = root / ours["metrics"]
     if not path.is_file():
         return None, f"not run ({ours['metrics']} missing)"
     data = json.loads(path.read_text())
-    value = data.get(ours["key"])
+    value = dig(data, ours["key"])
     if value is None:
         return None, f"not run (no '{ours['key']}' in {ours['metrics']})"
+    if "minus" in ours:  # a difference of two figures, e.g. WER(IMP) - WER(ours)
+        other = dig(data, ours["minus"])
+        if other is None:
+            return None, f"not run (no '{ours['minus']}' in {ours['metrics']})"
+        return float(value) - float(other), None
     if "percent_of" in ours:  # a relative figure: 100 * value / data[percent_of]
-        base = data.get(ours["percent_of"])
+        base = dig(data, ours["percent_of"])
         if not base:
             return None, f"not run (no '{ours['percent_of']}' in {ours['metrics']})"
         return 100.0 * float(value) / float(base), None
