@@ -1,5 +1,7 @@
 """Timing helpers: sample counts, interleaving, summaries, runtime record, forced greedy decoding."""
 
+import copy
+
 import torch
 
 from asrcompress.measure.latency import (
@@ -69,5 +71,14 @@ def test_time_real_keys_on_tiny_models(tiny_whisper):
     w = time_real({"a": tiny_whisper, "b": tiny_whisper}, n_tokens=3, warmup=0, repeats=2)
     assert w["a"]["latency_encoder_n"] == 2 and w["b"]["latency_decoder_token_n"] == 2
     assert w["a"]["rtfx_30s"] > 0 and w["a"]["decode_tokens"] == 3
+    # same encoder architecture: timed once and shared, so the encoder ratio is exactly 1
+    assert w["b"]["encoder_timed_with"] == "a" and w["a"]["encoder_timed_with"] == "a"
+    assert w["b"]["latency_encoder_ms_p50"] == w["a"]["latency_encoder_ms_p50"]
+    from asrcompress.compress.surgery import prune_ffn_neurons
+
+    smaller = copy.deepcopy(tiny_whisper)
+    prune_ffn_neurons(smaller, "encoder", 0, [0, 1])
+    w2 = time_real({"a": tiny_whisper, "b": smaller}, n_tokens=2, warmup=0, repeats=1)
+    assert w2["b"]["encoder_timed_with"] == "b"  # a different encoder is timed on its own
     c = time_real({"x": make_tiny_ctc("hubert")}, ctc_seconds=0.5, warmup=0, repeats=2)
     assert c["x"]["latency_forward_n"] == 2 and c["x"]["rtfx"] > 0 and c["x"]["audio_s"] == 0.5

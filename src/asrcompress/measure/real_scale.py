@@ -12,7 +12,9 @@ the record of source layer s = floor(j * n / N) of n; if s was removed, or is th
 a merged pair, real layer j is removed (a merged pair costs one layer). Same counts: identity.
 
 What is timed (CPU, threads fixed by the caller, greedy, batch 1, eager attention):
-- Whisper encoder: one 30 s window (3000 mel frames), per call.
+- Whisper encoder: one 30 s window (3000 mel frames), per call; a variant whose encoder has the
+  same architecture as the first variant's shares its timings (`encoder_timed_with`): weight values
+  cannot change speed, and timing it twice only adds noise and minutes.
 - Whisper decoder per token: ``whisper_greedy_decode`` of exactly ``n_tokens`` tokens (EOS
   ignored: random weights would stop anywhere) on cached encoder states, divided by
   ``n_tokens``; it includes the first call (prompt + cross K/V) and the logits.
@@ -130,12 +132,17 @@ def time_real(models: Mapping[str, torch.nn.Module], n_tokens: int = 32, ctc_sec
     Whisper ``latency_encoder_ms_*`` (per 30 s window), ``latency_decoder_token_ms_*`` (per token)
     and ``rtfx_30s`` = 30 / (encoder p50 + n_tokens x token p50); CTC ``latency_forward_ms_*`` per
     ``ctc_seconds`` of audio and ``rtfx``."""
-    first = next(iter(models.values()))
+    first_name, first = next(iter(models.items()))
     fns: dict[str, Any] = {}
+    same_encoder: dict[str, str] = {}  # variant -> the variant whose encoder timings it shares
     if first.config.model_type == "whisper":
         for name, m in models.items():
             enc_fn, dec_fn = _whisper_fns(m, n_tokens)
-            fns[f"{name}/encoder"], fns[f"{name}/decoder"] = enc_fn, dec_fn
+            fns[f"{name}/decoder"] = dec_fn
+            if name != first_name and _same_shapes(m.model.encoder, first.model.encoder):
+                same_encoder[name] = first_name  # identical architecture: speed cannot differ, time once
+            else:
+                fns[f"{name}/encoder"] = enc_fn
     else:
         audio = torch.randn(1, int(ctc_seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(0))
         for name, m in models.items():
@@ -144,7 +151,8 @@ def time_real(models: Mapping[str, torch.nn.Module], n_tokens: int = 32, ctc_sec
     out: dict[str, dict[str, float]] = {}
     for name in models:
         if first.config.model_type == "whisper":
-            r = summarize(times[f"{name}/encoder"], "latency_encoder")
+            r = summarize(times[f"{same_encoder.get(name, name)}/encoder"], "latency_encoder")
+            r["encoder_timed_with"] = same_encoder.get(name, name)
             r.update(summarize([t / n_tokens for t in times[f"{name}/decoder"]], "latency_decoder_token"))
             r["rtfx_30s"] = 30.0 / ((r["latency_encoder_ms_p50"] + n_tokens * r["latency_decoder_token_ms_p50"]) / 1e3)
             r["decode_tokens"] = n_tokens
@@ -154,6 +162,12 @@ def time_real(models: Mapping[str, torch.nn.Module], n_tokens: int = 32, ctc_sec
             r["audio_s"] = ctc_seconds
         out[name] = r
     return out
+
+
+def _same_shapes(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Same parameter names and shapes (same architecture; weight values do not change speed)."""
+    sa = {k: tuple(v.shape) for k, v in a.state_dict().items()}
+    return sa == {k: tuple(v.shape) for k, v in b.state_dict().items()}
 
 
 def _ctc_forward(model, audio: torch.Tensor) -> None:

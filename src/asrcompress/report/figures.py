@@ -1,0 +1,269 @@
+"""Cross-paper figures and the all-variants table, drawn from the metrics files the stages wrote.
+
+Every paper's variants become *points* in one schema (``Point``): physical and non-zero parameters,
+FLOPs per utterance where the paper's stage measured them, WER, and speed-ups with a label saying
+what was timed. Nothing here knows a result; a missing metrics file just leaves that paper out.
+
+* ``reports/figures/wer_vs_params.png``: WER against non-zero parameters, one panel per paper,
+  filled markers where parameters were physically removed, hollow where weights were only
+  zeroed (sparsity), a star for the paper's reference;
+* ``reports/figures/wer_vs_flops.png``: WER against GFLOPs per test utterance (papers whose stage
+  counts FLOPs);
+* ``reports/figures/speedup.png``: speed-up bars against the dense reference timed in the same run,
+  the smoke model at batch 1 beside the same structure on the real Whisper-small architecture;
+* ``reports/tables/variants.md`` / ``.csv``: every point as a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@dataclass
+class Point:
+    paper: str
+    variant: str
+    params_m: float
+    nonzero_params_m: float
+    wer_pct: float
+    is_reference: bool = False
+    gflops_utterance: float | None = None
+    speedup: float | None = None           # smoke model, batch 1, vs the reference in the same run
+    real_speedup: float | None = None      # the structure on the real architecture (random weights)
+    wer_ci_low_pct: float | None = None
+    wer_ci_high_pct: float | None = None
+    source: str = ""
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _f(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def p1_points(root: Path) -> list[Point]:
+    """``reports/metrics/p1.json`` (p1_measure): one entry per variant, WER under the first normaliser."""
+    path = root / "reports/metrics/p1.json"
+    data = _read(path)
+    if not data:
+        return []
+    norm = data["normalizers"][0]
+    out = []
+    for name, m in data.items():
+        if not isinstance(m, dict) or "params_m" not in m:
+            continue
+        out.append(Point("p1", name, m["params_m"], m["nonzero_params_m"], m[f"wer_{norm}_pct"],
+                         is_reference=name == data.get("reference"), gflops_utterance=_f(m.get("gflops_utterance")),
+                         speedup=_f(m.get("fixed_latency_speedup")),
+                         wer_ci_low_pct=_f(m.get(f"wer_{norm}_ci_low_pct")),
+                         wer_ci_high_pct=_f(m.get(f"wer_{norm}_ci_high_pct")), source=str(path.relative_to(root))))
+    return out
+
+
+def _suite_point(paper: str, name: str, m: dict[str, Any], source: str, reference: bool = False) -> Point:
+    return Point(paper, name, m["params_m"], m["nonzero_params_m"], m["wer_pct"], is_reference=reference,
+                 gflops_utterance=_f(m.get("gflops_utterance")), speedup=_f(m.get("speedup_vs_reference")),
+                 real_speedup=_f(m.get("real_speedup_30s")), wer_ci_low_pct=_f(m.get("wer_ci_low_pct")),
+                 wer_ci_high_pct=_f(m.get("wer_ci_high_pct")), source=source)
+
+
+def p2_points(root: Path) -> list[Point]:
+    """``reports/metrics/p2_<variant>.json`` (p2_measure) and their reference ``dense_bm.json``."""
+    files = sorted((root / "reports/metrics").glob("p2_*.json"))
+    if not files:
+        return []
+    out = []
+    ref_name = json.loads(files[0].read_text()).get("reference", "dense_bm")
+    ref = _read(root / f"reports/metrics/{ref_name}.json")
+    if ref:
+        out.append(_suite_point("p2", ref_name, ref, f"reports/metrics/{ref_name}.json", reference=True))
+    for path in files:
+        m = json.loads(path.read_text())
+        out.append(_suite_point("p2", path.stem.removeprefix("p2_"), m, str(path.relative_to(root))))
+    return out
+
+
+def p3_points(root: Path) -> list[Point]:
+    """``reports/p3/sweep.json`` (p3_prune): every sweep point; masks only, so params stay."""
+    path = root / "reports/p3/sweep.json"
+    data = _read(path)
+    if not data:
+        return []
+    return [Point("p3", p["point"], p["params_m"], p["nonzero_params_m"], p["wer_pct"],
+                  is_reference=p["point"] == "dense", wer_ci_low_pct=_f(p.get("wer_ci_low_pct")),
+                  wer_ci_high_pct=_f(p.get("wer_ci_high_pct")), source=str(path.relative_to(root)))
+            for p in data["points"]]
+
+
+P4_VARIANTS = ("control", "gates", "structured", "ump")
+
+
+def p4_points(root: Path) -> list[Point]:
+    """``reports/metrics/p4_<model>.json`` (p4_compress): dense, the control fine-tune, gates,
+    structured gates (physically removed) and the UMP baseline, per model."""
+    out = []
+    for path in sorted((root / "reports/metrics").glob("p4_*.json")):
+        m = json.loads(path.read_text())
+        model = path.stem.removeprefix("p4_")
+        dense = m["dense_params"] / 1e6
+        out.append(Point("p4", f"{model}:dense", dense, dense, m["dense_wer_pct"], is_reference=True,
+                         wer_ci_low_pct=_f(m.get("dense_wer_ci_low_pct")),
+                         wer_ci_high_pct=_f(m.get("dense_wer_ci_high_pct")), source=str(path.relative_to(root))))
+        for v in P4_VARIANTS:
+            if f"{v}_wer_pct" not in m:
+                continue
+            out.append(Point("p4", f"{model}:{v}", m[f"{v}_params"] / 1e6, m[f"{v}_nonzero_params"] / 1e6,
+                             m[f"{v}_wer_pct"], wer_ci_low_pct=_f(m.get(f"{v}_wer_ci_low_pct")),
+                             wer_ci_high_pct=_f(m.get(f"{v}_wer_ci_high_pct")), source=str(path.relative_to(root))))
+    return out
+
+
+EXTRACTORS: dict[str, Callable[[Path], list[Point]]] = {"p1": p1_points, "p2": p2_points, "p3": p3_points,
+                                                         "p4": p4_points}
+
+
+def measured_variants(root: Path, keys: list[str]) -> list[Point]:
+    """``reports/metrics/<key>.json`` of the generic ``measure@<key>`` stage (params ``variants``)."""
+    out = []
+    for key in keys:
+        path = root / f"reports/metrics/{key}.json"
+        m = _read(path)
+        if m:
+            out.append(_suite_point("variants", key, m, str(path.relative_to(root))))
+    return out
+
+
+def collect_points(root: str | Path = ".", papers: list[str] | None = None,
+                   variants: list[str] | None = None) -> list[Point]:
+    """Every variant of the given papers (default all) that has metrics under ``root``, then the
+    generic ``variants`` measured by ``measure@<key>``."""
+    root = Path(root)
+    points = [p for paper in (papers or list(EXTRACTORS)) for p in EXTRACTORS[paper](root)]
+    return points + measured_variants(root, variants or [])
+
+
+WER_AXIS_MAX = 100.0  # points above are drawn on the top edge with their value in the label
+
+
+def _scatter(ax, points: list[Point], x: Callable[[Point], float | None], xlabel: str, title: str) -> None:
+    full = max(p.params_m for p in points)  # the uncompressed size in this panel
+    top = min(max(p.wer_pct for p in points), WER_AXIS_MAX) * 1.08 + 1
+    for p in points:
+        xv = x(p)
+        if xv is None:
+            continue
+        label, y, yerr = p.variant, p.wer_pct, None
+        if p.wer_pct > WER_AXIS_MAX:  # e.g. an untrained merged model that babbles: off the scale
+            label, y = f"{p.variant} ({p.wer_pct:.0f} %, off scale)", top * 0.97
+        elif p.wer_ci_low_pct is not None and p.wer_ci_high_pct is not None:
+            yerr = [[max(p.wer_pct - p.wer_ci_low_pct, 0)], [max(p.wer_ci_high_pct - p.wer_pct, 0)]]
+        marker = "*" if p.is_reference else ("^" if p.wer_pct > WER_AXIS_MAX else "o")
+        filled = p.is_reference or p.params_m < full * (1 - 1e-9)  # hollow: nothing physically removed
+        ax.errorbar([xv], [y], yerr=yerr, fmt=marker, ms=11 if p.is_reference else 7, capsize=2,
+                    mfc=None if filled else "white", color="black" if p.is_reference else None)
+        ax.annotate(label, (xv, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_ylim(0, top)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("WER (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def plot_wer_vs(points: list[Point], what: str, path: str | Path) -> Path | None:
+    """WER against ``what`` ('params': non-zero parameters; 'flops': GFLOPs per utterance), a panel per paper."""
+    if what == "params":
+        def x(p: Point) -> float:
+            return p.nonzero_params_m
+        xlabel = "non-zero parameters (M)"
+    else:
+        def x(p: Point) -> float | None:
+            return p.gflops_utterance
+        xlabel = "GFLOPs per test utterance"
+    papers = [pp for pp in dict.fromkeys(p.paper for p in points) if any(x(p) is not None for p in points
+                                                                            if p.paper == pp)]
+    if not papers:
+        return None
+    fig, axes = plt.subplots(1, len(papers), figsize=(4.6 * len(papers), 4.0), squeeze=False)
+    for ax, paper in zip(axes[0], papers, strict=True):
+        _scatter(ax, [p for p in points if p.paper == paper], x, xlabel, paper)
+    fig.suptitle(f"WER vs {xlabel} (star: reference; hollow: weights zeroed only, not removed; bars: 95 % CI)",
+                 fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_speedups(points: list[Point], path: str | Path) -> Path | None:
+    """Grouped bars: batch-1 speed-up of the smoke model and of the structure at Whisper-small scale."""
+    rows = [p for p in points if not p.is_reference and (p.speedup is not None or p.real_speedup is not None)]
+    if not rows:
+        return None
+    labels = [f"{p.paper}:{p.variant}" for p in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 3.8))
+    w = 0.38
+    ax.bar([i - w / 2 for i in xs], [p.speedup or 0 for p in rows], w, label="smoke model, batch 1 (CPU)")
+    ax.bar([i + w / 2 for i in xs], [p.real_speedup or 0 for p in rows], w,
+           label="same structure, whisper-small, 30 s window")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speed-up vs dense (x)")
+    ax.set_title("Latency speed-up, timed interleaved with the dense reference (0 = not measured)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_variants_table(points: list[Point], md_path: str | Path, csv_path: str | Path) -> None:
+    """Every variant of every paper in one table (Markdown + CSV)."""
+    cols = [f.name for f in fields(Point)]
+    csv_path, md_path = Path(csv_path), Path(md_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in points)
+
+    def fmt(v: Any) -> str:
+        return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    shown = ["paper", "variant", "params_m", "nonzero_params_m", "gflops_utterance", "wer_pct", "speedup",
+             "real_speedup", "source"]
+    lines = ["# Every variant", "", "Physical parameters (`params_m`) fall only when weights are removed; "
+             "`nonzero_params_m` also falls for masks. `speedup`: the smoke model at batch 1 against the "
+             "dense reference timed in the same run; `real_speedup`: the same structure on whisper-small "
+             "(random weights, 30 s window). Regenerated by the `report` stage.", "",
+             "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(fmt(asdict(p)[c]) for c in shown) + " |" for p in points]
+    md_path.write_text("\n".join(lines) + "\n")
+
+
+def write_all(root: str | Path = ".", papers: list[str] | None = None, variants: list[str] | None = None
+              ) -> list[Path]:
+    """All figures and the variants table under ``root``; returns the files written."""
+    root = Path(root)
+    points = collect_points(root, papers, variants)
+    written = [plot_wer_vs(points, "params", root / "reports/figures/wer_vs_params.png"),
+               plot_wer_vs(points, "flops", root / "reports/figures/wer_vs_flops.png"),
+               plot_speedups(points, root / "reports/figures/speedup.png")]
+    write_variants_table(points, root / "reports/tables/variants.md", root / "reports/tables/variants.csv")
+    return [p for p in written if p is not None] + [root / "reports/tables/variants.md"]
