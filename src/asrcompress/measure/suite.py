@@ -84,6 +84,18 @@ def _per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str
     return out
 
 
+def real_scale_summary(m: Mapping[str, Any]) -> dict[str, Any]:
+    """Speed-ups (dense / compressed time) and the parameter reduction of the real-architecture
+    timing keys ``real_*`` (see ``real_scale.real_scale_report``); {} when they are absent."""
+    if not m.get("real_latency_decoder_token_ms_p50"):
+        return {}
+    return {"real_speedup_encoder": m["real_latency_encoder_ms_p50_dense"] / m["real_latency_encoder_ms_p50"],
+            "real_speedup_decoder_token": m["real_latency_decoder_token_ms_p50_dense"]
+            / m["real_latency_decoder_token_ms_p50"],
+            "real_speedup_30s": m["real_rtfx_30s"] / m["real_rtfx_30s_dense"],
+            "real_params_reduction_pct": percent_reduction(m["real_params_m"], m["real_params_m_dense"])}
+
+
 def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language: str, normalizer: str,
                     mcfg: Mapping[str, Any], seed: int, reference_dir: str | Path | None = None,
                     reference_metrics: Mapping[str, Any] | None = None,
@@ -168,5 +180,6 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
         rs = real_scale_report(real_scale, structure_of(model), n_tokens=int(mcfg["real_scale_tokens"]),
                                repeats=int(mcfg["real_scale_repeats"]), seed=seed)
         metrics.update({f"real_{k}": v for k, v in rs.items()})
+        metrics.update(real_scale_summary(metrics))
     metrics.update({f"runtime_{k}": v for k, v in latency.runtime_info().items()})
     return metrics, hyp_rows

@@ -154,6 +154,15 @@ def collect_points(root: str | Path = ".", papers: list[str] | None = None,
     return points + measured_variants(root, variants or [])
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 WER_AXIS_MAX = 100.0  # points above are drawn on the top edge with their value in the label
 
 
@@ -200,12 +209,7 @@ def plot_wer_vs(points: list[Point], what: str, path: str | Path) -> Path | None
         _scatter(ax, [p for p in points if p.paper == paper], x, xlabel, paper)
     fig.suptitle(f"WER vs {xlabel} (star: reference; hollow: weights zeroed only, not removed; bars: 95 % CI)",
                  fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_speedups(points: list[Point], path: str | Path) -> Path | None:
@@ -225,12 +229,7 @@ def plot_speedups(points: list[Point], path: str | Path) -> Path | None:
     ax.set_ylabel("speed-up vs dense (x)")
     ax.set_title("Latency speed-up, timed interleaved with the dense reference (0 = not measured)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_variants_table(points: list[Point], md_path: str | Path, csv_path: str | Path) -> None:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -49,7 +50,7 @@ def judge(path: str, key: str, old: Any, new: Any, rules: list[Mapping[str, Any]
     if not isinstance(old, int | float) or isinstance(old, bool):
         return None
     for rule in rules:
-        if not re.search(rule["match"], key):
+        if not re.search(rule["match"], key) or ("path" in rule and not re.search(rule["path"], path)):
             continue
         name = f"{rule['kind']} ({rule['match']})"
         if not isinstance(new, int | float):
@@ -91,7 +92,9 @@ def compare(diff: Mapping[str, Mapping[str, Mapping[str, Any]]], rules: list[Map
 
 
 def _dvc_metrics_diff() -> dict:
-    proc = subprocess.run(["dvc", "metrics", "diff", "--all", "--json"], capture_output=True, text=True)
+    dvc = Path(sys.executable).with_name("dvc")  # the environment's dvc, also when it is not on PATH
+    proc = subprocess.run([str(dvc) if dvc.exists() else "dvc", "metrics", "diff", "--all", "--json"],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"dvc metrics diff failed:\n{proc.stderr}")
     return json.loads(proc.stdout or "{}")
