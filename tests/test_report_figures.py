@@ -64,10 +64,12 @@ def test_points_follow_the_metrics_files(metrics_tree: Path) -> None:
 
 
 def test_generic_variants_join_the_points(metrics_tree: Path) -> None:
-    _write(metrics_tree / "reports/metrics/my_method.json", _suite(0.5, 0.5, 19.0, speedup_vs_reference=1.7))
+    _write(metrics_tree / "reports/metrics/my_method.json", _suite(0.5, 0.5, 19.0, speedup_vs_reference=1.7,
+                                                                   reference="dense_bm"))
     points = collect_points(metrics_tree, ["p1"], ["my_method", "not_measured_yet"])
-    assert [(p.paper, p.variant) for p in points if p.paper == "variants"] == [("variants", "my_method")]
-    assert points[-1].speedup == 1.7
+    generic = [p for p in points if p.paper == "variants"]
+    assert [(p.variant, p.is_reference) for p in generic] == [("dense_bm", True), ("my_method", False)]
+    assert generic[-1].speedup == 1.7 and generic[0].wer_pct == 18.0
 
 
 def test_figures_and_variants_table_are_written(metrics_tree: Path) -> None:

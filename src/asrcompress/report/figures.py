@@ -101,10 +101,15 @@ def p3_points(root: Path) -> list[Point]:
     data = _read(path)
     if not data:
         return []
-    return [Point("p3", p["point"], p["params_m"], p["nonzero_params_m"], p["wer_pct"],
+    return [Point("p3", _short(p["point"]), p["params_m"], p["nonzero_params_m"], p["wer_pct"],
                   is_reference=p["point"] == "dense", wer_ci_low_pct=_f(p.get("wer_ci_low_pct")),
                   wer_ci_high_pct=_f(p.get("wer_ci_high_pct")), source=str(path.relative_to(root)))
             for p in data["points"]]
+
+
+def _short(name: str) -> str:
+    """Shorter labels for the crowded sweep panel (dsa = decoder self-attention)."""
+    return name.replace("dec_self_attn_", "dsa").replace("last_encoder_", "last_enc")
 
 
 P4_VARIANTS = ("control", "gates", "structured", "ump")
@@ -136,12 +141,17 @@ EXTRACTORS: dict[str, Callable[[Path], list[Point]]] = {"p1": p1_points, "p2": p
 
 def measured_variants(root: Path, keys: list[str]) -> list[Point]:
     """``reports/metrics/<key>.json`` of the generic ``measure@<key>`` stage (params ``variants``)."""
-    out = []
+    out, refs = [], []
     for key in keys:
         path = root / f"reports/metrics/{key}.json"
         m = _read(path)
-        if m:
-            out.append(_suite_point("variants", key, m, str(path.relative_to(root))))
+        if not m:
+            continue
+        out.append(_suite_point("variants", key, m, str(path.relative_to(root))))
+        ref = m.get("reference")
+        if ref and ref not in refs and (rm := _read(root / f"reports/metrics/{ref}.json")):
+            refs.append(ref)  # the dense reference joins the panel once, as its star
+            out.insert(len(refs) - 1, _suite_point("variants", ref, rm, f"reports/metrics/{ref}.json", reference=True))
     return out
 
 
@@ -204,9 +214,13 @@ def plot_wer_vs(points: list[Point], what: str, path: str | Path) -> Path | None
                                                                             if p.paper == pp)]
     if not papers:
         return None
-    fig, axes = plt.subplots(1, len(papers), figsize=(4.6 * len(papers), 4.0), squeeze=False)
-    for ax, paper in zip(axes[0], papers, strict=True):
+    ncols = min(3, len(papers))
+    nrows = -(-len(papers) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
+    for ax, paper in zip(axes.flat, papers, strict=False):
         _scatter(ax, [p for p in points if p.paper == paper], x, xlabel, paper)
+    for ax in list(axes.flat)[len(papers):]:
+        ax.axis("off")
     fig.suptitle(f"WER vs {xlabel} (star: reference; hollow: weights zeroed only, not removed; bars: 95 % CI)",
                  fontsize=9)
     return _save(fig, path)
