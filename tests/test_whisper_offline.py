@@ -113,6 +113,14 @@ def test_training_lowers_loss_and_transcribes(processor, rows, tmp_path):
     hyps, lengths = transcribe_whisper(model, processor, rows[:3], "en", batch_size=2, max_new_tokens=8,
                                        progress=False)
     assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps) and all(n >= 1 for n in lengths)
+    # length-sorted batching returns the same results in the input order, one by one or batched
+    some = [{**r, "audio": {**r["audio"], "array": np.asarray(r["audio"]["array"])[: len(r["audio"]["array"]) - 800 * (4 - k)]}}
+            for k, r in enumerate(rows[:5])]  # five lengths, shortest first: sorting reorders
+    one_by_one = [transcribe_whisper(model, processor, [r], "en", batch_size=1, max_new_tokens=8,
+                                     progress=False, sort_by_length=False) for r in some]
+    sorted_batched = transcribe_whisper(model, processor, some, "en", batch_size=2, max_new_tokens=8, progress=False)
+    assert sorted_batched[0] == [h[0] for h, _ in one_by_one]
+    assert sorted_batched[1] == [n[0] for _, n in one_by_one]
 
 
 def test_interrupted_training_resumes_to_the_same_weights(processor, rows, tmp_path):

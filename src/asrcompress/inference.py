@@ -13,20 +13,30 @@ from tqdm.auto import tqdm
 @torch.inference_mode()
 def transcribe_whisper(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]],
                        language: str, batch_size: int = 16, max_new_tokens: int | None = None,
-                       progress: bool = True) -> tuple[list[str], list[int]]:
-    """Greedy-decode every row; returns (hypotheses, number of generated tokens per row)."""
+                       progress: bool = True, sort_by_length: bool = True) -> tuple[list[str], list[int]]:
+    """Greedy-decode every row on the model's device; returns (hypotheses, number of generated tokens
+    per row), in the order of ``rows``.
+
+    With ``sort_by_length`` batches are formed from utterances of similar length (longest first), so
+    a batch's decoding is not held up by one long transcript and a GPU's memory peak shows early;
+    the results are put back in the input order.
+    """
     model.eval()
-    hyps: list[str] = []
-    lengths: list[int] = []
+    order = list(range(len(rows)))
+    if sort_by_length:
+        order.sort(key=lambda i: -len(rows[i]["audio"]["array"]))
+    hyps: list[str] = [""] * len(rows)
+    lengths: list[int] = [0] * len(rows)
     eot = model.generation_config.eos_token_id
     for start in tqdm(range(0, len(rows), batch_size), desc="decode", disable=not progress, mininterval=5):
-        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        audio = [np.asarray(r["audio"]["array"], dtype=np.float32) for r in batch]
+        idx = order[start:start + batch_size]
+        audio = [np.asarray(rows[i]["audio"]["array"], dtype=np.float32) for i in idx]
         feats = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
-        out = model.generate(feats.to(model.device), language=language, task="transcribe", num_beams=1,
-                             do_sample=False, max_new_tokens=max_new_tokens)
+        out = model.generate(feats.to(model.device, model.dtype), language=language, task="transcribe",
+                             num_beams=1, do_sample=False, max_new_tokens=max_new_tokens)
         seqs = out if isinstance(out, torch.Tensor) else out.sequences
-        hyps.extend(processor.tokenizer.batch_decode(seqs, skip_special_tokens=True))
-        for seq in seqs.tolist():
-            lengths.append(sum(1 for t in seq if t != eot) + 1)  # tokens incl. the final EOT
-    return [h.strip() for h in hyps], lengths
+        for i, text, seq in zip(idx, processor.tokenizer.batch_decode(seqs, skip_special_tokens=True),
+                                seqs.tolist(), strict=True):
+            hyps[i] = text.strip()
+            lengths[i] = sum(1 for t in seq if t != eot) + 1  # tokens incl. the final EOT
+    return hyps, lengths
