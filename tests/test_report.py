@@ -85,3 +85,8 @@ def test_exact_rule_is_limited_to_its_files():
     assert [f.verdict for f in pruned] == ["improvement"]
     dense = compare(_diff({"params": 1000}, {"params": 900}), RULES)
     assert [f.verdict for f in dense] == ["regression"]
+
+
+def test_info_rule_lists_but_never_fails():
+    moved = compare(_diff({"wer_pct": 600.0}, {"wer_pct": 700.0}, "reports/metrics/p2_merge_raw.json"), RULES)
+    assert [f.verdict for f in moved] == ["changed"]

@@ -146,6 +146,31 @@ def test_interrupted_training_resumes_to_the_same_weights(processor, rows, tmp_p
     assert len(np.loadtxt(tmp_path / "b.csv", delimiter=",", skiprows=1)) == 6
 
 
+def test_checkpoint_from_other_data_or_tokenizer_is_not_resumed(processor, rows, tmp_path):
+    """Same config and paths, but a regenerated corpus or another language token: start fresh."""
+    collate = WhisperCollator(processor, "en")
+
+    def stop_at_3(model, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def run(rows_, collate_, **kw):
+        torch.manual_seed(0)
+        model = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
+        return train(model, rows_, collate_, _cfg(), tmp_path / "ck", tmp_path / "l.csv", **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(rows, collate, after_step=stop_at_3)
+    other_text = [{**r, "text": r["text"] + " x"} if i == 0 else r for i, r in enumerate(rows)]
+    assert run(other_text, collate)["resumed_from"] == 0          # the corpus changed
+    with pytest.raises(KeyboardInterrupt):
+        run(rows, collate, after_step=stop_at_3)
+    assert run(rows, WhisperCollator(processor, "hi"))["resumed_from"] == 0  # the labels changed
+    with pytest.raises(KeyboardInterrupt):
+        run(rows, collate, after_step=stop_at_3)
+    assert run(rows, WhisperCollator(processor, "en"))["resumed_from"] == 3  # the same: resumed
+
+
 def test_nan_loss_stops_with_the_step(processor, rows, tmp_path):
     model = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
     with pytest.raises(TrainingError, match="step 0: loss is nan"):

@@ -56,6 +56,8 @@ def judge(path: str, key: str, old: Any, new: Any, rules: list[Mapping[str, Any]
         if not isinstance(new, int | float):
             return Finding(path, key, old, new, "regression", name + ": figure disappeared")
         kind = rule["kind"]
+        if kind == "info":  # reported when it moves, never a failure
+            return Finding(path, key, old, new, "ok" if new == old else "changed", name)
         if kind == "max_rise":
             margin = float(rule.get("abs", 0.0))
             if rule.get("use_ci") and old_file:

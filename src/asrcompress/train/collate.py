@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +12,17 @@ import torch
 from transformers import WhisperProcessor
 
 from asrcompress.models.whisper import label_ids
+
+
+def processor_digest(processor: Any, **extra: Any) -> str:
+    """A short hash of what turns rows into tensors: the tokenizer's vocabulary and the feature
+    extractor's settings (plus ``extra``). A checkpoint trained with another tokenizer must not be
+    resumed (train/loop.py compares it)."""
+    tok = processor.tokenizer
+    vocab = sorted(tok.get_vocab().items())
+    fe = processor.feature_extractor.to_dict() if hasattr(processor.feature_extractor, "to_dict") else {}
+    blob = json.dumps({"vocab": vocab, "features": fe, **extra}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class WhisperCollator:
@@ -28,6 +41,10 @@ class WhisperCollator:
         self.language_map = language_map or {}
         self.max_samples = processor.feature_extractor.n_samples
         self._features: dict[str, torch.Tensor] = {}
+
+    def fingerprint(self) -> str:
+        """Tokenizer, features and language choice: part of a training checkpoint's identity."""
+        return processor_digest(self.processor, language=self.language, language_map=self.language_map)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         todo = [row for row in rows if row["id"] not in self._features]
@@ -62,6 +79,10 @@ class CTCCollator:
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
+
+    def fingerprint(self) -> str:
+        """Character vocabulary and features: part of a training checkpoint's identity."""
+        return processor_digest(self.processor)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         from asrcompress.models.ctc import label_ids as ctc_label_ids

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,16 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> An
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **kwargs)
 
 
+def data_digest(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A short hash of the training rows' ids, texts and audio lengths (cheap; no audio hashing)."""
+    h = hashlib.sha256()
+    for row in rows:
+        audio = row.get("audio")
+        n = len(audio["array"]) if isinstance(audio, Mapping) and "array" in audio else None
+        h.update(json.dumps([row.get("id"), row.get("text"), n], default=str).encode())
+    return h.hexdigest()[:16]
+
+
 def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Collate, cfg: TrainConfig,
           ckpt_dir: str | Path, loss_log: str | Path, fingerprint: dict[str, Any] | None = None,
           extra_loss: Callable[[torch.nn.Module, dict, Any], torch.Tensor] | None = None,
@@ -236,7 +247,12 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
             torch.distributed.broadcast(p.data, src=0)
 
     ckpt_dir, loss_log = Path(ckpt_dir), Path(loss_log)
-    stamp = {"train": asdict(cfg), "run": fingerprint or {}, "n_items": len(dataset)}
+    # what a checkpoint must share to be resumed: the config, the caller's run description, the
+    # training rows (ids, texts, audio lengths: a regenerated corpus differs) and the collator's
+    # tokenizer/features (a retrained tokenizer differs); anything else starts fresh
+    fp = getattr(collate, "fingerprint", None)
+    stamp = {"train": asdict(cfg), "run": fingerprint or {}, "n_items": len(dataset), "data": data_digest(dataset),
+             "collate": fp() if callable(fp) else None}
     start, rows = 0, []
     state_file = ckpt_dir / "trainer_state.json"
     if state_file.is_file():
