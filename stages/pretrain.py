@@ -12,10 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from transformers import WhisperProcessor
 
-from asrcompress.config import get, load_params
+from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json
 from asrcompress.models.whisper import build_model, check_window, load_pretrained
 from asrcompress.train.collate import WhisperCollator
@@ -39,6 +40,9 @@ def main(processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str, *co
         Path(loss_csv).write_text("step,loss,extra_loss,lr\n")
         log.info("pretrain: %s -> %s (hub checkpoint, not trained here)", source, out_dir)
         return
+    # the initial weights derive from the one seed: without this two fresh runs start from
+    # different models and no reproduced figure can be compared with a committed one
+    torch.manual_seed(derive_seed(get(cfg, "seed", int), "whisper_init"))
     model = build_model(get(cfg, "whisper.dims", dict), processor.tokenizer, get(cfg, "whisper.chunk_length_s", int),
                         attn)
     check_window(processor, model)
