@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import sys
 
-from accelerate import PartialState
-
 from asrcompress.config import get, load_params
-from asrcompress.io import load_split, log, setup_logging, write_json
+from asrcompress.io import load_split, log, setup_logging
 from asrcompress.models.whisper import load_pretrained
 from asrcompress.train.collate import WhisperCollator
 from asrcompress.train.loop import TrainConfig, train
+from asrcompress.train.save import save_trained
 
 
 def main(key: str, corpus_dir: str, base_dir: str, out_dir: str, loss_csv: str, metrics_path: str) -> None:
@@ -30,18 +29,10 @@ def main(key: str, corpus_dir: str, base_dir: str, out_dir: str, loss_csv: str, 
     summary = train(model, rows, WhisperCollator(processor, language), tcfg,
                     ckpt_dir=f"checkpoints/finetune/{key}", loss_log=loss_csv,
                     fingerprint={"model": key, "base": base_dir, "corpus": corpus_dir}, desc=f"finetune@{key}")
-    state = PartialState()
-    if not state.is_main_process:  # with several processes only the main one writes outputs
-        state.wait_for_everyone()
-        return
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    n_params = sum(p.numel() for p in model.parameters())
-    write_json(metrics_path, {**summary, "train_utterances": len(rows), "params": n_params})
-    log.info("finetune@%s: %s + %s (%d utts) -> %s, %.2f M params, final loss %.3f, %.0f s", key, base_dir,
-             corpus_dir, len(rows), out_dir, n_params / 1e6, summary["final_loss"], summary["train_seconds"])
-    state.wait_for_everyone()
-
+    n_params = save_trained(model, processor, out_dir, metrics_path, summary, train_utterances=len(rows))
+    if n_params is not None:
+        log.info("finetune@%s: %s + %s (%d utts) -> %s, %.2f M params, final loss %.3f, %.0f s", key, base_dir,
+                 corpus_dir, len(rows), out_dir, n_params / 1e6, summary["final_loss"], summary["train_seconds"])
 
 if __name__ == "__main__":
     main(*sys.argv[1:])

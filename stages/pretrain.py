@@ -1,7 +1,8 @@
 """pretrain: the multilingual base model every fine-tune starts from.
 
 smoke: a tiny Whisper built from `whisper.dims` and trained from scratch on the training splits
-of all corpora at once (our offline stand-in for a multilingual hub checkpoint);
+of all corpora at once (our offline stand-in for a multilingual hub checkpoint), with a joint CTC loss
+on the encoder (`pretrain_ctc.weight`; train/ctc_aux.py) so that it learns whatever the seed;
 paper: the hub checkpoint itself (`whisper.source`), saved locally, no training.
 
     python stages/pretrain.py <processor-dir> <out-dir> <loss-csv> <metrics-json> <corpus-dir> [<corpus-dir> ...]
@@ -20,7 +21,9 @@ from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json
 from asrcompress.models.whisper import build_model, check_window, load_pretrained
 from asrcompress.train.collate import WhisperCollator
+from asrcompress.train.ctc_aux import EncoderCTCHead, ctc_aux_loss
 from asrcompress.train.loop import TrainConfig, train
+from asrcompress.train.save import save_trained
 
 
 def main(processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str, *corpus_dirs: str) -> None:
@@ -49,22 +52,23 @@ def main(processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str, *co
     language_map = {get(c, "language", str): get(c, "whisper_language", str) for c in get(cfg, "corpora", dict).values()}
     rows = [row for d in corpus_dirs for row in load_split(d, "train")]
     tcfg = TrainConfig.from_params(get(cfg, "pretrain", dict), get(cfg, "seed", int))
+    # joint CTC on the encoder (train/ctc_aux.py): without it the held-out WER depends on the seed
+    ctc_weight = get(cfg, "pretrain_ctc.weight", float)
+    if ctc_weight < 0:
+        raise ValueError(f"params.yaml: pretrain_ctc.weight must be >= 0, got {ctc_weight}")
+    head = EncoderCTCHead(model.config.d_model, len(processor.tokenizer), set(processor.tokenizer.all_special_ids)) \
+        if ctc_weight > 0 else None
     summary = train(model, rows, WhisperCollator(processor, language_map=language_map), tcfg,
                     ckpt_dir="checkpoints/pretrain", loss_log=loss_csv,
-                    fingerprint={"dims": get(cfg, "whisper.dims", dict), "corpora": list(corpus_dirs)},
-                    desc="pretrain")
-    state = PartialState()
-    if not state.is_main_process:  # with several processes only the main one writes outputs
-        state.wait_for_everyone()
-        return
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    n_params = sum(p.numel() for p in model.parameters())
-    write_json(metrics_path, {**summary, "source": source, "train_utterances": len(rows), "params": n_params})
-    log.info("pretrain: %s (%d utts) -> %s, %.2f M params, final loss %.3f, %.0f s", ", ".join(corpus_dirs),
-             len(rows), out_dir, n_params / 1e6, summary["final_loss"], summary["train_seconds"])
-    state.wait_for_everyone()
-
+                    fingerprint={"dims": get(cfg, "whisper.dims", dict), "corpora": list(corpus_dirs),
+                                 "ctc_weight": ctc_weight},
+                    extra_loss=ctc_aux_loss(head, ctc_weight) if head is not None else None,
+                    extra_params=list(head.parameters()) if head is not None else (), desc="pretrain")
+    n_params = save_trained(model, processor, out_dir, metrics_path, summary, source=source,
+                            train_utterances=len(rows), ctc_weight=ctc_weight)
+    if n_params is not None:
+        log.info("pretrain: %s (%d utts) -> %s, %.2f M params, final loss %.3f, %.0f s", ", ".join(corpus_dirs),
+                 len(rows), out_dir, n_params / 1e6, summary["final_loss"], summary["train_seconds"])
 
 if __name__ == "__main__":
     main(*sys.argv[1:])

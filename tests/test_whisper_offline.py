@@ -137,7 +137,7 @@ def test_interrupted_training_resumes_to_the_same_weights(processor, rows, tmp_p
     resumed = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
     with pytest.raises(KeyboardInterrupt):
         train(resumed, rows, collate, _cfg(), tmp_path / "b", tmp_path / "b.csv", after_step=stop_at_3)
-    torch.manual_seed(123)  # a fresh process: different init, the checkpoint must win
+    torch.manual_seed(0)  # a fresh process builds the same starting model; the checkpoint continues it
     resumed = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
     summary = train(resumed, rows, collate, _cfg(), tmp_path / "b", tmp_path / "b.csv")
     assert summary["resumed_from"] == 3
@@ -147,7 +147,8 @@ def test_interrupted_training_resumes_to_the_same_weights(processor, rows, tmp_p
 
 
 def test_checkpoint_from_other_data_or_tokenizer_is_not_resumed(processor, rows, tmp_path):
-    """Same config and paths, but a regenerated corpus or another language token: start fresh."""
+    """Same config and paths, but a regenerated corpus, another language token or another starting model:
+    start fresh."""
     collate = WhisperCollator(processor, "en")
 
     def stop_at_3(model, step):
@@ -166,6 +167,11 @@ def test_checkpoint_from_other_data_or_tokenizer_is_not_resumed(processor, rows,
     with pytest.raises(KeyboardInterrupt):
         run(rows, collate, after_step=stop_at_3)
     assert run(rows, WhisperCollator(processor, "hi"))["resumed_from"] == 0  # the labels changed
+    with pytest.raises(KeyboardInterrupt):
+        run(rows, collate, after_step=stop_at_3)
+    torch.manual_seed(1)  # another base model (e.g. a retrained pretrain) with the same config and paths
+    other_base = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
+    assert train(other_base, rows, collate, _cfg(), tmp_path / "ck", tmp_path / "l.csv")["resumed_from"] == 0
     with pytest.raises(KeyboardInterrupt):
         run(rows, collate, after_step=stop_at_3)
     assert run(rows, WhisperCollator(processor, "en"))["resumed_from"] == 3  # the same: resumed

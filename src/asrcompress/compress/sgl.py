@@ -239,9 +239,9 @@ def lr_at(train_cfg: Any) -> Callable[[int], float]:
     """The learning rate the training loop's optimiser uses at ``step`` for a ``TrainConfig`` (warm-up +
     cosine schedule of :mod:`asrcompress.train.loop`, read from there, not re-derived): the prox step size.
     """
-    from asrcompress.train.loop import _lr_lambda
+    from asrcompress.train.loop import lr_factor
 
-    factor = _lr_lambda(train_cfg)
+    factor = lr_factor(train_cfg)
     return lambda step: float(train_cfg.lr) * factor(step)
 
 

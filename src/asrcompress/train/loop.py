@@ -106,7 +106,9 @@ class TrainConfig:
 Collate = Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]
 
 
-def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """The learning-rate multiplier at each optimiser step: linear warm-up, then cosine decay to 10 %."""
+
     def fn(step: int) -> float:  # linear warm-up then cosine decay to 10 %
         if step < cfg.warmup_steps:
             return (step + 1) / max(1, cfg.warmup_steps)
@@ -198,6 +200,22 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> An
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **kwargs)
 
 
+@torch.no_grad()
+def weights_digest(model: torch.nn.Module, extra_params: Sequence[torch.nn.Parameter] = ()) -> str:
+    """A short hash of the starting weights (every parameter and buffer, by name, plus ``extra_params``).
+
+    Part of a checkpoint's identity: the same stage re-run on a changed base model (a retrained
+    pretrain, another dense model) must start from that model, not resume the old run's checkpoint.
+    """
+    h = hashlib.sha256()
+    tensors = list(model.state_dict().items()) + [(f"extra.{i}", p) for i, p in enumerate(extra_params)]
+    for name, t in tensors:
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def data_digest(rows: Sequence[Mapping[str, Any]]) -> str:
     """A short hash of the training rows' ids, texts and audio lengths (cheap; no audio hashing)."""
     h = hashlib.sha256()
@@ -238,20 +256,24 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
     in_model = {id(p) for p in model.parameters()}
     outside = [p for p in extra_params if id(p) not in in_model]  # not seen by DDP: synced here
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if outside:  # saved with the checkpoint (the optimiser state alone would not restore their values)
         accelerator.register_for_checkpointing(torch.nn.ParameterList(outside))
     if world > 1:
         for p in outside:
             torch.distributed.broadcast(p.data, src=0)
+    # the starting weights as every process holds them now (DDP broadcast rank 0's model, and the
+    # outside parameters were broadcast just above), before a checkpoint or a step changes them
+    init_digest = weights_digest(accelerator.unwrap_model(model), extra_params)
 
     ckpt_dir, loss_log = Path(ckpt_dir), Path(loss_log)
     # what a checkpoint must share to be resumed: the config, the caller's run description, the
-    # training rows (ids, texts, audio lengths: a regenerated corpus differs) and the collator's
+    # starting weights (a changed base model), the training rows (ids, texts, audio lengths: a regenerated corpus differs) and the collator's
     # tokenizer/features (a retrained tokenizer differs); anything else starts fresh
     fp = getattr(collate, "fingerprint", None)
-    stamp = {"train": asdict(cfg), "run": fingerprint or {}, "n_items": len(dataset), "data": data_digest(dataset),
+    stamp = {"train": asdict(cfg), "run": fingerprint or {}, "init": init_digest, "n_items": len(dataset),
+             "data": data_digest(dataset),
              "collate": fp() if callable(fp) else None}
     start, rows = 0, []
     state_file = ckpt_dir / "trainer_state.json"
