@@ -132,6 +132,11 @@ def plot_rank_error(sweeps: dict[str, list[dict[str, str]]], chosen: dict[str, i
     plt.close(fig)
 
 
+def _height(value: Any) -> float:
+    """A bar's height; a figure not measured (e.g. no real-scale timing for the variant) draws no bar."""
+    return float("nan") if value is None else float(value)
+
+
 def plot_speedup(rows: list[dict[str, Any]], path: Path) -> None:
     """Grouped bars per variant: speed-ups (x) and size reductions (%)."""
     import matplotlib
@@ -147,7 +152,7 @@ def plot_speedup(rows: list[dict[str, Any]], path: Path) -> None:
               ("real_speedup_30s_shared_encoder", "real arch., 30 s window (encoder timed once)"))
     width = 0.8 / len(groups)
     for j, (key, label) in enumerate(groups):
-        ax1.bar([i + j * width for i in range(len(names))], [r.get(key) or 0.0 for r in variants], width,
+        ax1.bar([i + j * width for i in range(len(names))], [_height(r.get(key)) for r in variants], width,
                 label=label)
     ax1.axhline(1.0, color="grey", lw=0.8)
     ax1.set_xticks([i + width for i in range(len(names))], names)
@@ -156,7 +161,7 @@ def plot_speedup(rows: list[dict[str, Any]], path: Path) -> None:
     sizes = (("params_reduction_pct", "smoke model params"), ("real_params_reduction_pct", "real arch. params"))
     width2 = 0.8 / len(sizes)
     for j, (key, label) in enumerate(sizes):
-        ax2.bar([i + j * width2 for i in range(len(names))], [r.get(key) or 0.0 for r in variants], width2,
+        ax2.bar([i + j * width2 for i in range(len(names))], [_height(r.get(key)) for r in variants], width2,
                 label=label)
     ax2.set_xticks([i + width2 / 2 for i in range(len(names))], names)
     ax2.set_ylabel("parameter reduction (%)")

@@ -104,6 +104,7 @@ def runtime_info() -> dict:
     return {
         "num_threads": torch.get_num_threads(),
         "cpu_model": cpu_model_name(),
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # ATen's vector ISA (Makefile pins AVX2)
         "gpu_model": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,

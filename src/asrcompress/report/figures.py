@@ -235,8 +235,11 @@ def plot_speedups(points: list[Point], path: str | Path) -> Path | None:
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 3.8))
     w = 0.38
-    ax.bar([i - w / 2 for i in xs], [p.speedup or 0 for p in rows], w, label="smoke model, batch 1 (CPU)")
-    ax.bar([i + w / 2 for i in xs], [p.real_speedup or 0 for p in rows], w,
+    def height(v: float | None) -> float:  # not measured: no bar (a 0 would read as "no speed-up")
+        return float("nan") if v is None else v
+
+    ax.bar([i - w / 2 for i in xs], [height(p.speedup) for p in rows], w, label="smoke model, batch 1 (CPU)")
+    ax.bar([i + w / 2 for i in xs], [height(p.real_speedup) for p in rows], w,
            label="same structure, whisper-small, 30 s window")
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=8)
