@@ -80,3 +80,21 @@ def tiny_ctc(request) -> torch.nn.Module:
 def ctc_audio() -> torch.Tensor:
     g = torch.Generator().manual_seed(2)
     return torch.randn(2, 16000, generator=g)
+
+
+# the offline Whisper stack (local BPE + Whisper specials, 1 s window) and its smallest trainable dims
+OFFLINE_DIMS = dict(d_model=32, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=64,
+                    max_target_positions=48)
+
+
+@pytest.fixture(scope="session")
+def offline_processor():
+    """A WhisperProcessor built as the tokenizer stage builds one, from the project's own sentences."""
+    from transformers import WhisperProcessor
+
+    from asrcompress.data.text_gen import make_sentences
+    from asrcompress.models.whisper import build_feature_extractor, build_tokenizer, train_bpe
+
+    texts = [t for lang in ("en", "hi", "bm") for t in make_sentences(lang, 60, 0, 0, seed=0).train]
+    vocab, merges = train_bpe(texts, 400)
+    return WhisperProcessor(feature_extractor=build_feature_extractor(1), tokenizer=build_tokenizer(vocab, merges))

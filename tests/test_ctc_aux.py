@@ -3,28 +3,23 @@
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperProcessor
+from conftest import OFFLINE_DIMS
 
 from asrcompress.data.text_gen import make_sentences
 from asrcompress.models.whisper import (
-    build_feature_extractor,
     build_model,
-    build_tokenizer,
     label_ids,
-    train_bpe,
 )
 from asrcompress.train.collate import WhisperCollator
 from asrcompress.train.ctc_aux import EncoderCTCHead, ctc_aux_loss
 from asrcompress.train.loop import TrainConfig, train
 
-DIMS = dict(d_model=32, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=64, max_target_positions=48)
+DIMS = OFFLINE_DIMS
 
 
-@pytest.fixture(scope="module")
-def processor():
-    texts = make_sentences("en", 60, 0, 0, seed=0).train
-    vocab, merges = train_bpe(texts, 400)
-    return WhisperProcessor(feature_extractor=build_feature_extractor(1), tokenizer=build_tokenizer(vocab, merges))
+@pytest.fixture
+def processor(offline_processor):
+    return offline_processor
 
 
 def _head(processor, d_model=32):
