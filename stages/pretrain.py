@@ -56,12 +56,12 @@ def main(processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str, *co
     ctc_weight = get(cfg, "pretrain_ctc.weight", float)
     if ctc_weight < 0:
         raise ValueError(f"params.yaml: pretrain_ctc.weight must be >= 0, got {ctc_weight}")
-    head = EncoderCTCHead(model.config.d_model, len(processor.tokenizer), set(processor.tokenizer.all_special_ids)) \
-        if ctc_weight > 0 else None
+    head = EncoderCTCHead(model.config.d_model, len(processor.tokenizer), set(processor.tokenizer.all_special_ids),
+                          frame_stride=get(cfg, "pretrain_ctc.frame_stride", int)) if ctc_weight > 0 else None
     summary = train(model, rows, WhisperCollator(processor, language_map=language_map), tcfg,
                     ckpt_dir="checkpoints/pretrain", loss_log=loss_csv,
                     fingerprint={"dims": get(cfg, "whisper.dims", dict), "corpora": list(corpus_dirs),
-                                 "ctc_weight": ctc_weight},
+                                 "ctc": get(cfg, "pretrain_ctc", dict)},
                     extra_loss=ctc_aux_loss(head, ctc_weight) if head is not None else None,
                     extra_params=list(head.parameters()) if head is not None else (), desc="pretrain")
     n_params = save_trained(model, processor, out_dir, metrics_path, summary, source=source,

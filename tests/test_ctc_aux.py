@@ -81,3 +81,19 @@ def test_joint_training_logs_the_ctc_term_and_saves_a_plain_whisper(processor, t
     model.save_pretrained(tmp_path / "m")
     keys = set(type(model).from_pretrained(tmp_path / "m").state_dict())
     assert keys == set(model.state_dict()) and not any("proj.weight" == k for k in keys)
+
+
+def test_frame_stride_averages_frames(processor):
+    torch.manual_seed(0)
+    tok = processor.tokenizer
+    head = EncoderCTCHead(32, len(tok), set(tok.all_special_ids), frame_stride=2)
+    hidden = torch.randn(1, 51, 32)
+    labels = torch.tensor([label_ids(tok, "seven red cats", "en")])
+    pooled = hidden[:, :50].reshape(1, 25, 2, 32).mean(2)
+    # the same as a stride-1 head with the same weights on the hand-averaged frames (+ the odd last one)
+    plain = EncoderCTCHead(32, len(tok), set(tok.all_special_ids))
+    plain.load_state_dict(head.state_dict())
+    expected = plain.loss(torch.cat([pooled, hidden[:, 50:]], 1), labels)
+    assert torch.allclose(head.loss(hidden, labels), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="frame_stride"):
+        EncoderCTCHead(32, len(tok), set(), frame_stride=0)
