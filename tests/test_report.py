@@ -87,6 +87,16 @@ def test_exact_rule_is_limited_to_its_files():
     assert [f.verdict for f in dense] == ["regression"]
 
 
+def test_trained_component_counts_are_listed_and_totals_guarded():
+    old = {"params": 1000, "encoder_params": 400}
+    moved = compare(_diff(old, {"params": 1020, "encoder_params": 460}, "reports/metrics/sgl_pruned_hi.json"), RULES)
+    assert {f.key: f.verdict for f in moved} == {"params": "ok", "encoder_params": "changed"}
+    grown = compare(_diff(old, {"params": 1200, "encoder_params": 400}, "reports/metrics/sgl_pruned_hi.json"), RULES)
+    assert {f.key: f.verdict for f in grown}["params"] == "regression"
+    dense = compare(_diff(old, {"params": 1000, "encoder_params": 401}), RULES)  # dense: still exact
+    assert {f.key: f.verdict for f in dense}["encoder_params"] == "regression"
+
+
 def test_info_rule_lists_but_never_fails():
     moved = compare(_diff({"wer_pct": 600.0}, {"wer_pct": 700.0}, "reports/metrics/p2_merge_raw.json"), RULES)
     assert [f.verdict for f in moved] == ["changed"]
