@@ -100,3 +100,12 @@ def test_trained_component_counts_are_listed_and_totals_guarded():
 def test_info_rule_lists_but_never_fails():
     moved = compare(_diff({"wer_pct": 600.0}, {"wer_pct": 700.0}, "reports/metrics/p2_merge_raw.json"), RULES)
     assert [f.verdict for f in moved] == ["changed"]
+
+
+def test_machines_line_names_both_sides():
+    from asrcompress.report.regression import machines_line
+
+    line = machines_line({"a.json": {"runtime_cpu_model": "CPU A", "runtime_cpu_kernels": "AVX2"}},
+                         {"a.json": {"runtime_cpu_model": "CPU B"}, "b.json": {}})
+    assert line == "machines: committed figures from CPU A (AVX2); reproduced on CPU B (kernels not recorded)"
+    assert machines_line({}, {}).endswith("unknown")

@@ -110,6 +110,24 @@ def _committed(path: str) -> dict:
         return {}
 
 
+def _workspace(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def machines_line(committed: Mapping[str, Mapping[str, Any]], reproduced: Mapping[str, Mapping[str, Any]]) -> str:
+    """Where the two sides ran (CPU model and ATen kernels, from the metrics' ``runtime_*`` fields): a
+    difference there explains training figures that moved a little."""
+    def where(files: Mapping[str, Mapping[str, Any]]) -> str:
+        for data in files.values():
+            if isinstance(data, Mapping) and data.get("runtime_cpu_model"):
+                return f"{data['runtime_cpu_model']} ({data.get('runtime_cpu_kernels') or 'kernels not recorded'})"
+        return "unknown"
+    return f"machines: committed figures from {where(committed)}; reproduced on {where(reproduced)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tolerances", default="reports/tolerances.yaml")
@@ -123,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         for f in moved:
             print(f"{f.verdict:<12} {f.path:<40} {f.key:<32} {f.old!s:>12.12} {f.new!s:>12.12}  {f.rule}")
     bad = [f for f in findings if f.verdict == "regression"]
+    print(machines_line({p: _committed(p) for p in diff}, {p: _workspace(p) for p in diff}))
     print(f"regression check: {len(findings)} figures compared, {len(bad)} regressions, "
           f"{sum(f.verdict == 'improvement' for f in findings)} improvements")
     return 1 if bad else 0
