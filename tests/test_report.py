@@ -109,3 +109,11 @@ def test_machines_line_names_both_sides():
                          {"a.json": {"runtime_cpu_model": "CPU B"}, "b.json": {}})
     assert line == "machines: committed figures from CPU A (AVX2); reproduced on CPU B (kernels not recorded)"
     assert machines_line({}, {}).endswith("unknown")
+
+
+def test_relative_wer_change_is_listed_but_its_wers_are_guarded():
+    old = {"wer_pct": 6.0, "wer_rel_increase_pct": 20.0}
+    moved = compare(_diff(old, {"wer_pct": 7.0, "wer_rel_increase_pct": 60.0}, "reports/metrics/p2_final.json"), RULES)
+    assert {f.key: f.verdict for f in moved} == {"wer_pct": "ok", "wer_rel_increase_pct": "changed"}
+    worse = compare(_diff(old, {"wer_pct": 12.0, "wer_rel_increase_pct": 140.0}, "reports/metrics/p2_final.json"), RULES)
+    assert {f.key: f.verdict for f in worse}["wer_pct"] == "regression"
