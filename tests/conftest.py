@@ -98,3 +98,15 @@ def offline_processor():
     texts = [t for lang in ("en", "hi", "bm") for t in make_sentences(lang, 60, 0, 0, seed=0).train]
     vocab, merges = train_bpe(texts, 400)
     return WhisperProcessor(feature_extractor=build_feature_extractor(1), tokenizer=build_tokenizer(vocab, merges))
+
+
+def make_offline_rows(n: int = 8, seed: int = 1) -> list[dict]:
+    """``n`` English rows in the corpus schema: project sentences over 0.75 s of seeded noise."""
+    import numpy as np
+
+    from asrcompress.data.text_gen import make_sentences
+
+    rng = np.random.default_rng(0)
+    return [{"id": f"u{i}", "text": t, "language": "en",
+             "audio": {"array": (0.1 * rng.standard_normal(12000)).astype(np.float32), "sampling_rate": 16000}}
+            for i, t in enumerate(make_sentences("en", n, 0, 0, seed=seed).train)]

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import OFFLINE_DIMS
+from conftest import OFFLINE_DIMS, make_offline_rows
 
-from asrcompress.data.text_gen import make_sentences
 from asrcompress.models.whisper import (
     build_model,
     label_ids,
@@ -63,10 +62,7 @@ def test_loss_is_finite_and_trains_the_head_and_the_encoder(processor):
 
 
 def test_joint_training_logs_the_ctc_term_and_saves_a_plain_whisper(processor, tmp_path):
-    rng = np.random.default_rng(0)
-    rows = [{"id": f"u{i}", "text": t, "language": "en",
-             "audio": {"array": (0.1 * rng.standard_normal(12000)).astype(np.float32), "sampling_rate": 16000}}
-            for i, t in enumerate(make_sentences("en", 8, 0, 0, seed=1).train)]
+    rows = make_offline_rows()
     torch.manual_seed(0)
     model = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
     head = _head(processor)

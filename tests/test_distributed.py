@@ -26,15 +26,12 @@ import numpy as np
 import pytest
 import torch
 from _dist_worker import STEPS, config, scale_loss
+from conftest import OFFLINE_DIMS, make_offline_rows
 from transformers import WhisperProcessor
 
-from asrcompress.data.text_gen import make_sentences
 from asrcompress.models.whisper import (
-    build_feature_extractor,
     build_model,
-    build_tokenizer,
     load_pretrained,
-    train_bpe,
 )
 from asrcompress.train.collate import WhisperCollator
 from asrcompress.train.loop import train
@@ -44,7 +41,7 @@ TIMEOUT_S = 300
 # measured: logged losses equal to all 5 decimals, final weights within 8e-7 (2 processes, 5 steps)
 LOSS_ATOL = 2e-5     # logged losses (rounded to 5 decimals): two units of the last logged digit
 WEIGHT_ATOL = 1e-5   # final weights
-DIMS = dict(d_model=32, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=64, max_target_positions=48)
+DIMS = OFFLINE_DIMS
 WORKER = Path(__file__).with_name("_dist_worker.py")
 
 
@@ -97,17 +94,11 @@ def _train_one_process(work: Path, name: str, **kw: object) -> dict:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def work(tmp_path_factory: pytest.TempPathFactory, offline_processor: WhisperProcessor) -> Path:
     """Initial model, processor and rows on disk; the one-process references; the two-process runs."""
     work = tmp_path_factory.mktemp("dist")
-    texts = [t for lang in ("en", "hi", "bm") for t in make_sentences(lang, 60, 0, 0, seed=0).train]
-    vocab, merges = train_bpe(texts, 400)
-    processor = WhisperProcessor(feature_extractor=build_feature_extractor(1),
-                                 tokenizer=build_tokenizer(vocab, merges))
-    rng = np.random.default_rng(0)
-    rows = [{"id": f"u{i}", "text": t, "language": "en",
-             "audio": {"array": (0.1 * rng.standard_normal(12000)).astype(np.float32), "sampling_rate": 16000}}
-            for i, t in enumerate(make_sentences("en", 8, 0, 0, seed=1).train)]
+    processor = offline_processor
+    rows = make_offline_rows()
     torch.manual_seed(0)
     model = build_model(DIMS, processor.tokenizer, chunk_length_s=1)
     model.save_pretrained(work / "init")

@@ -6,9 +6,8 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import OFFLINE_DIMS
+from conftest import OFFLINE_DIMS, make_offline_rows
 
-from asrcompress.data.text_gen import make_sentences
 from asrcompress.inference import transcribe_whisper
 from asrcompress.models.whisper import (
     build_model,
@@ -30,11 +29,7 @@ def processor(offline_processor):
 
 @pytest.fixture
 def rows():
-    rng = np.random.default_rng(0)
-    texts = make_sentences("en", 8, 0, 0, seed=1).train
-    return [{"id": f"u{i}", "text": t, "language": "en",
-             "audio": {"array": (0.1 * rng.standard_normal(12000)).astype(np.float32), "sampling_rate": 16000}}
-            for i, t in enumerate(texts)]
+    return make_offline_rows()
 
 
 @pytest.mark.parametrize("text,lang", [("room 125 in the morning", "en"), ("नदी में अच्छा अख़बार है।", "hi"),

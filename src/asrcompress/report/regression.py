@@ -134,14 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rules = yaml.safe_load(open(args.tolerances))["rules"]
     diff = _dvc_metrics_diff()
-    findings = compare(diff, rules, {p: _committed(p) for p in diff})
+    committed = {p: _committed(p) for p in diff}
+    findings = compare(diff, rules, committed)
     moved = [f for f in findings if f.verdict != "ok"]
     if moved:
         print(f"{'verdict':<12} {'file':<40} {'key':<32} {'committed':>12} {'reproduced':>12}  rule")
         for f in moved:
             print(f"{f.verdict:<12} {f.path:<40} {f.key:<32} {f.old!s:>12.12} {f.new!s:>12.12}  {f.rule}")
     bad = [f for f in findings if f.verdict == "regression"]
-    print(machines_line({p: _committed(p) for p in diff}, {p: _workspace(p) for p in diff}))
+    print(machines_line(committed, {p: _workspace(p) for p in diff}))
     print(f"regression check: {len(findings)} figures compared, {len(bad)} regressions, "
           f"{sum(f.verdict == 'improvement' for f in findings)} improvements")
     return 1 if bad else 0
