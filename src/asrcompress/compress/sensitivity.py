@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from asrcompress.compress.components import COMPONENTS, LABELS, param_map, untied
+from asrcompress.train.determinism import deterministic_algorithms
 
 __all__ = [
     "calibration_split",
@@ -87,7 +88,7 @@ def sensitivity_scores(model: nn.Module, rows: Sequence[dict], loss_fn, n_grad: 
     model.eval()
     flags = {id(p): p.requires_grad for p in model.parameters()}
     try:
-        with untied(model):
+        with untied(model), deterministic_algorithms():
             infos = [i for i in param_map(model) if i.prunable]
             params = [model.get_parameter(i.name) for i in infos]
             for p in params:

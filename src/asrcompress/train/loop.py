@@ -16,9 +16,11 @@ gate training), for seq2seq (Whisper) and CTC models alike.
 * The logged loss of a step is the global batch's loss (reduced over processes); the extra loss
   is its mean over processes and micro-batches. Only the main process writes the loss CSV and the
   checkpoint's ``trainer_state.json``; every process saves its own RNG state with it.
-* Deterministic: the batch order derives from the seed (epoch ``e`` uses permutation
-  ``rng(seed, e)``), so a resumed run sees exactly the batches an uninterrupted run would; torch's
-  RNG (dropout) is seeded per process (rank 0 with ``seed``, rank r with a seed derived from it).
+* Deterministic: torch's deterministic kernels by default (``deterministic``; with 2 CPU threads
+  a run is otherwise not bit-reproducible from one process to the next). The batch order derives
+  from the seed (epoch ``e`` uses permutation ``rng(seed, e)``), so a resumed run sees exactly the
+  batches an uninterrupted run would; torch's RNG (dropout) is seeded per process (rank 0 with
+  ``seed``, rank r with a seed derived from it).
 * Checkpoints every ``checkpoint_every`` steps (and on Ctrl-C / SIGTERM) into ``ckpt_dir``, with a
   fingerprint of the run's config; a second call with the same fingerprint resumes (with any
   number of processes; ``ckpt_dir`` must be on storage every process sees). The decision to stop on
@@ -57,6 +59,7 @@ import torch
 from tqdm.auto import tqdm
 
 from asrcompress.config import derive_seed
+from asrcompress.train.determinism import deterministic_algorithms
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -79,6 +82,7 @@ class TrainConfig:
     mixed_precision: str = "no"          # "no" | "bf16" | "fp16" (GPU)
     grad_accum_steps: int = 1            # micro-batches per process per step (memory, not maths)
     gradient_checkpointing: bool = False
+    deterministic: bool = True           # torch's deterministic kernels (train/determinism.py)
 
     @classmethod
     def from_params(cls, section: dict[str, Any], seed: int) -> TrainConfig:
@@ -90,7 +94,8 @@ class TrainConfig:
             raise ValueError(f"params.yaml: unknown training key(s) {sorted(unknown)}; known: {sorted(known)}")
         types = {"max_steps": int, "batch_size": int, "lr": float, "warmup_steps": int,
                  "weight_decay": float, "grad_clip": float, "checkpoint_every": int, "num_threads": int,
-                 "mixed_precision": str, "grad_accum_steps": int, "gradient_checkpointing": bool}
+                 "mixed_precision": str, "grad_accum_steps": int, "gradient_checkpointing": bool,
+                 "deterministic": bool}
         values = {k: get(section, k, types[k]) for k in section}
         cfg = cls(seed=seed, **values)
         if cfg.max_steps <= 0 or cfg.batch_size <= 0 or cfg.lr <= 0:
@@ -237,8 +242,19 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
 
     ``extra_params`` (e.g. learnable gate thresholds living outside the model) are optimised too;
     they are checkpointed with the run and, with several processes, broadcast from rank 0 at the start
-    and their gradients averaged like the model's.
+    and their gradients averaged like the model's. With ``cfg.deterministic`` the run uses torch's
+    deterministic kernels (the caller's setting is restored afterwards).
     """
+    with deterministic_algorithms(cfg.deterministic):
+        return _train(model, dataset, collate, cfg, ckpt_dir, loss_log, fingerprint, extra_loss, after_step,
+                      extra_params, desc)
+
+
+def _train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Collate, cfg: TrainConfig,
+           ckpt_dir: str | Path, loss_log: str | Path, fingerprint: dict[str, Any] | None,
+           extra_loss: Callable[[torch.nn.Module, dict, Any], torch.Tensor] | None,
+           after_step: Callable[[torch.nn.Module, int], None] | None,
+           extra_params: Sequence[torch.nn.Parameter], desc: str) -> dict[str, Any]:
     accelerator = make_accelerator(cfg.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
     torch.set_num_threads(cfg.num_threads)  # after the Accelerator: multi-CPU start-up sets its own
