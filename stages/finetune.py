@@ -9,6 +9,7 @@ smoke: from our multilingual base (`pretrain`); paper: from the hub checkpoint `
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from asrcompress.config import get, load_params
 from asrcompress.io import load_split, log, setup_logging
@@ -27,7 +28,7 @@ def main(key: str, corpus_dir: str, base_dir: str, out_dir: str, loss_csv: str, 
     tcfg = TrainConfig.from_params(get(cfg, "train", dict), get(cfg, "seed", int))
     rows = load_split(corpus_dir, "train")
     summary = train(model, rows, WhisperCollator(processor, language), tcfg,
-                    ckpt_dir=f"checkpoints/finetune/{key}", loss_log=loss_csv,
+                    ckpt_dir=f"checkpoints/finetune/{Path(out_dir).name}", loss_log=loss_csv,
                     fingerprint={"model": key, "base": base_dir, "corpus": corpus_dir}, desc=f"finetune@{key}")
     n_params = save_trained(model, processor, out_dir, metrics_path, summary, train_utterances=len(rows))
     if n_params is not None:

@@ -29,8 +29,6 @@ from asrcompress.measure.params import count_params, percent_reduction
 from asrcompress.train.collate import WhisperCollator
 from asrcompress.train.loop import TrainConfig, train
 
-CKPT = Path("checkpoints/p1_imp")
-
 
 def _merge_logs(paths: list[Path], out: str) -> None:
     """One loss CSV over all rounds: global ``step``, ``round``, then the loop's columns."""
@@ -58,6 +56,7 @@ def main(dense_dir: str, corpus_dir: str, prune_metrics: str, out_dir: str, loss
     elif isinstance(target, str):
         raise ValueError(f"params.yaml: p1.imp.target_sparsity must be a number or 'match', got {target!r}")
     rounds, schedule = get(p1, "imp.rounds", int), get(p1, "imp.schedule", str)
+    ckpt = Path("checkpoints") / Path(out_dir).name  # one per chain (p1_imp, p1_imp_medium)
     seed = get(cfg, "seed", int)
     model = load_compressed(dense_dir)
     processor = WhisperProcessor.from_pretrained(dense_dir)
@@ -69,8 +68,8 @@ def main(dense_dir: str, corpus_dir: str, prune_metrics: str, out_dir: str, loss
 
     def finetune(m, r: int) -> dict:
         tcfg = TrainConfig.from_params(get(p1, "imp_train", dict), derive_seed(seed, "p1", "imp", str(r)))
-        logs.append(CKPT / f"round{r}_loss.csv")
-        return train(m, rows, collate, tcfg, ckpt_dir=CKPT / f"round{r}", loss_log=logs[-1],
+        logs.append(ckpt / f"round{r}_loss.csv")
+        return train(m, rows, collate, tcfg, ckpt_dir=ckpt / f"round{r}", loss_log=logs[-1],
                      fingerprint={"stage": "p1_imp", "dense": dense_dir, "target": target, "rounds": rounds,
                                   "schedule": schedule, "round": r},
                      after_step=lambda mm, step: reapply_masks(mm), desc=f"p1_imp round {r + 1}/{rounds}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from transformers import WhisperProcessor
 
@@ -51,7 +52,7 @@ def main(sgl_dir: str, dense_dir: str, corpus_dir: str, out_dir: str, loss_csv: 
     if recovery:
         tcfg = TrainConfig.from_params(recovery, derive_seed(get(cfg, "seed", int), "p1", "recovery"))
         summary = train(model, load_split(corpus_dir, "train"), WhisperCollator(processor, language), tcfg,
-                        ckpt_dir="checkpoints/p1_prune", loss_log=loss_csv,
+                        ckpt_dir=f"checkpoints/{Path(out_dir).name}", loss_log=loss_csv,
                         fingerprint={"stage": "p1_prune", "sgl": sgl_dir, "rule": asdict(rule)},
                         after_step=lambda m, step: reapply_masks(m), desc="p1_prune recovery")
     else:

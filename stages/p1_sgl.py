@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from transformers import WhisperProcessor
 
@@ -59,7 +60,7 @@ def main(*argv: str) -> None:
 
     extra_loss, after_step = (None, None) if control else sgl_hooks(sgl, lr_at(tcfg))
     rows = load_split(corpus_dir, "train")
-    summary = train(model, rows, WhisperCollator(processor, language), tcfg, ckpt_dir=f"checkpoints/{name}",
+    summary = train(model, rows, WhisperCollator(processor, language), tcfg, ckpt_dir=f"checkpoints/{Path(out_dir).name}",
                     loss_log=loss_csv, fingerprint={"stage": name, "dense": dense_dir, "sgl": asdict(sgl)},
                     extra_loss=extra_loss, after_step=after_step, desc=name)
 

@@ -5,7 +5,11 @@ of all corpora at once (our offline stand-in for a multilingual hub checkpoint),
 on the encoder (`pretrain_ctc.weight`; train/ctc_aux.py) so that it learns whatever the seed;
 paper: the hub checkpoint itself (`whisper.source`), saved locally, no training.
 
-    python stages/pretrain.py <processor-dir> <out-dir> <loss-csv> <metrics-json> <corpus-dir> [<corpus-dir> ...]
+    python stages/pretrain.py [--source-key KEY] <processor-dir> <out-dir> <loss-csv> <metrics-json> [<corpus-dir> ...]
+
+``--source-key`` names another params key holding the hub id to save instead of `whisper.source`
+(``p1.medium_source``: paper 1's whisper-medium chain, pipelines/p1_medium/dvc.yaml). That key must
+name a hub checkpoint in the active profile: a second from-scratch base is not built.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from accelerate import PartialState
 from transformers import WhisperProcessor
 
-from asrcompress.config import derive_seed, get, load_params
+from asrcompress.config import ParamError, derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json
 from asrcompress.models.whisper import build_model, check_window, load_pretrained
 from asrcompress.train.collate import WhisperCollator
@@ -26,10 +30,19 @@ from asrcompress.train.loop import TrainConfig, train
 from asrcompress.train.save import save_trained
 
 
-def main(processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str, *corpus_dirs: str) -> None:
+def main(*argv: str) -> None:
+    source_key = "whisper.source"
+    if argv[:1] == ("--source-key",):
+        source_key, argv = argv[1], argv[2:]
+    if len(argv) < 4:
+        raise SystemExit(__doc__)
+    processor_dir, out_dir, loss_csv, metrics_path, *corpus_dirs = argv
     setup_logging()
     cfg = load_params()
-    source = get(cfg, "whisper.source", str)
+    source = get(cfg, source_key, (str, type(None)))
+    if source is None or (source == "scratch" and source_key != "whisper.source"):
+        raise ParamError(f"params.yaml: {source_key} is {source!r} in the {cfg['profile']} profile; this chain "
+                         f"needs a hub checkpoint (it is part of the paper profile: make profile PROFILE=paper)")
     attn = get(cfg, "whisper.attn_implementation", str)
     processor = WhisperProcessor.from_pretrained(processor_dir)
     if source != "scratch":
@@ -50,6 +63,8 @@ def main(processor_dir: str, out_dir: str, loss_csv: str, metrics_path: str, *co
                         attn)
     check_window(processor, model)
     language_map = {get(c, "language", str): get(c, "whisper_language", str) for c in get(cfg, "corpora", dict).values()}
+    if not corpus_dirs:
+        raise SystemExit("pretrain from scratch needs at least one <corpus-dir>\n" + (__doc__ or ""))
     rows = [row for d in corpus_dirs for row in load_split(d, "train")]
     tcfg = TrainConfig.from_params(get(cfg, "pretrain", dict), get(cfg, "seed", int))
     # joint CTC on the encoder (train/ctc_aux.py): without it the held-out WER depends on the seed

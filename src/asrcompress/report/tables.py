@@ -117,12 +117,16 @@ def compare_row(row: Mapping[str, Any], ours: float | None, missing: str | None,
     return out
 
 
-def build_table(reported_yaml: str | Path, root: str | Path, profile: str) -> tuple[dict[str, Any], list[dict]]:
-    """All rows of one paper's table."""
+def build_table(reported_yaml: str | Path, root: str | Path, profile: str,
+                only_metrics: str | None = None) -> tuple[dict[str, Any], list[dict]]:
+    """All rows of one paper's table; with ``only_metrics``, only the rows our figure of which comes
+    from that metrics file (e.g. paper 1's whisper-medium rows: ``reports/metrics/p1_medium.json``)."""
     root = Path(root)
     data = load_reported(reported_yaml)
     rows = []
     for row in data["rows"]:
+        if only_metrics is not None and (row.get("ours") or {}).get("metrics") != only_metrics:
+            continue
         ours, missing = _lookup(root, row.get("ours"))
         rows.append(compare_row(row, ours, missing, profile))
     return data, rows
