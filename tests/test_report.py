@@ -117,3 +117,31 @@ def test_relative_wer_change_is_listed_but_its_wers_are_guarded():
     assert {f.key: f.verdict for f in moved} == {"wer_pct": "ok", "wer_rel_increase_pct": "changed"}
     worse = compare(_diff(old, {"wer_pct": 12.0, "wer_rel_increase_pct": 140.0}, "reports/metrics/p2_final.json"), RULES)
     assert {f.key: f.verdict for f in worse}["wer_pct"] == "regression"
+
+
+LOCK = "stages:\n  pretrain:\n    outs:\n    - path: data/models/pretrained\n      md5: {h}.dir\n"
+
+
+def test_same_draw_reads_the_pretrained_model_hash_from_both_locks():
+    from asrcompress.report.regression import same_draw
+
+    assert same_draw(LOCK.format(h="aa"), LOCK.format(h="aa"))[0] is True
+    same, line = same_draw(LOCK.format(h="aa"), LOCK.format(h="bb"))
+    assert same is False and "another draw" in line
+    assert same_draw("", LOCK.format(h="aa"))[0] is None
+    assert same_draw(LOCK.format(h="aa"), "stages: {tokenizer: {}}")[0] is None
+
+
+def test_another_draw_widens_wer_margins_only():
+    """A different pre-trained model: a pruned WER 8 points up is a draw, 12 up still a regression;
+    count rules are untouched."""
+    tol = yaml.safe_load((ROOT / "reports/tolerances.yaml").read_text())
+    margin = float(tol["other_draw"]["wer_max_rise"])
+    path = "reports/metrics/sgl_pruned_hi.json"
+    old = {"wer_pct": 16.0, "params": 1000}
+    same = compare(_diff(old, {"wer_pct": 24.4, "params": 1000}, path), RULES)
+    assert {f.key: f.verdict for f in same}["wer_pct"] == "regression"
+    draw = compare(_diff(old, {"wer_pct": 24.4, "params": 1000}, path), RULES, draw_margin=margin)
+    assert {f.key: f.verdict for f in draw}["wer_pct"] == "ok"
+    worse = compare(_diff(old, {"wer_pct": 16.0 + margin + 2, "params": 1200}, path), RULES, draw_margin=margin)
+    assert {f.key: f.verdict for f in worse} == {"wer_pct": "regression", "params": "regression"}
