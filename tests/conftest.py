@@ -110,3 +110,14 @@ def make_offline_rows(n: int = 8, seed: int = 1) -> list[dict]:
     return [{"id": f"u{i}", "text": t, "language": "en",
              "audio": {"array": (0.1 * rng.standard_normal(12000)).astype(np.float32), "sampling_rate": 16000}}
             for i, t in enumerate(make_sentences("en", n, 0, 0, seed=seed).train)]
+
+
+def load_stage(name: str):
+    """Import ``stages/<name>.py`` (stages are scripts, not a package) to call its functions."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

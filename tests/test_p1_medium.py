@@ -4,7 +4,6 @@ holds exactly the medium rows."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,20 +11,13 @@ from pathlib import Path
 import networkx as nx
 import pytest
 import yaml
-from conftest import OFFLINE_DIMS
+from conftest import OFFLINE_DIMS, load_stage
 
 from asrcompress.config import ParamError
 from asrcompress.report.tables import build_table
 
 ROOT = Path(__file__).parents[1]
 MEDIUM = "pipelines/p1_medium/dvc.yaml"
-
-
-def _stage_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +69,7 @@ def test_base_stage_refuses_in_smoke_naming_the_key(tmp_path, monkeypatch, offli
     _params(tmp_path, "smoke", "openai/whisper-medium")
     offline_processor.save_pretrained(tmp_path / "proc")
     with pytest.raises(ParamError, match=r"p1\.medium_source is None in the smoke profile"):
-        _stage_module("pretrain").main("--source-key", "p1.medium_source", "proc", "out", "l.csv", "m.json")
+        load_stage("pretrain").main("--source-key", "p1.medium_source", "proc", "out", "l.csv", "m.json")
     assert not (tmp_path / "out").exists()
 
 
@@ -92,7 +84,7 @@ def test_base_stage_saves_the_checkpoint_the_key_names(tmp_path, monkeypatch, of
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ASRC_PROFILE", raising=False)
     _params(tmp_path, "paper", str(hub))
-    _stage_module("pretrain").main("--source-key", "p1.medium_source", "proc", "base", "l.csv", "m.json")
+    load_stage("pretrain").main("--source-key", "p1.medium_source", "proc", "base", "l.csv", "m.json")
     reloaded, _ = load_pretrained(tmp_path / "base", "eager")
     n = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in reloaded.parameters()) == n

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_whisper
+from conftest import load_stage, make_tiny_whisper
 
 from asrcompress.compress.checkpoint import load_compressed, save_compressed
 from asrcompress.compress.distill import FeatureDistillation, default_layer_map, feature_loss
@@ -235,9 +233,7 @@ def test_feature_loss_masks_padding():
 
 
 def test_p2_figures_definitions():
-    spec = importlib.util.spec_from_file_location("p2_measure", Path(__file__).parents[1] / "stages/p2_measure.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_stage("p2_measure")
     ref = {"wer_pct": 20.0, "decoder_params": 1000, "token_embedding_params": 400, "encoder_params": 500}
     m = {"wer_pct": 28.0, "decoder_params": 500, "token_embedding_params": 100, "encoder_params": 500}
     record = {"structure": {"base_config": {"d_model": 128, "decoder_layers": 2}, "embedding_rank": 32,

@@ -17,11 +17,13 @@ in DVC's own dependency order:
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from asrcompress.report.regression import dvc_executable
 
 FOUNDATION_PREFIX = "measure_dense@"
 
@@ -43,13 +45,8 @@ def forced_plan(root: str | Path = ".") -> tuple[list[str], list[str]]:
         return [s.addressing for s in foundation], [s.addressing for s in everything if s.addressing not in seen]
 
 
-def _dvc() -> str:
-    local = Path(sys.executable).with_name("dvc")
-    return str(local) if local.exists() else (shutil.which("dvc") or "dvc")
-
-
 def _repro(stages: list[str]) -> None:
-    subprocess.run([_dvc(), "repro", "--force", "--single-item", *stages], check=True)
+    subprocess.run([dvc_executable(), "repro", "--force", "--single-item", *stages], check=True)
 
 
 def main() -> int:
@@ -60,7 +57,7 @@ def main() -> int:
     _repro(rest)
     t2 = time.time()
     rc = subprocess.run([sys.executable, "-m", "asrcompress.report.regression"]).returncode
-    cores = len(__import__("os").sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
     print(f"timing on {cores} cores, every stage forced: foundation ({len(foundation)} stages) {t1 - t0:.0f} s, "
           f"whole smoke reproduction ({len(foundation) + len(rest)} stages) {t2 - t0:.0f} s")
     return rc

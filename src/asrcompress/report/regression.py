@@ -98,10 +98,14 @@ def compare(diff: Mapping[str, Mapping[str, Mapping[str, Any]]], rules: list[Map
     return out
 
 
+def dvc_executable() -> str:
+    """The environment's dvc (next to this Python), also when it is not on PATH."""
+    local = Path(sys.executable).with_name("dvc")
+    return str(local) if local.exists() else "dvc"
+
+
 def _dvc_metrics_diff() -> dict:
-    dvc = Path(sys.executable).with_name("dvc")  # the environment's dvc, also when it is not on PATH
-    proc = subprocess.run([str(dvc) if dvc.exists() else "dvc", "metrics", "diff", "--all", "--json"],
-                          capture_output=True, text=True)
+    proc = subprocess.run([dvc_executable(), "metrics", "diff", "--all", "--json"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"dvc metrics diff failed:\n{proc.stderr}")
     return json.loads(proc.stdout or "{}")
