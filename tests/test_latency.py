@@ -32,6 +32,10 @@ def test_interleaved_timings_samples_and_order():
     assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # every variant once per round
     assert len(set(rounds)) > 1  # the order is shuffled between rounds
     assert interleaved_timings(fns, 0, 5, seed=7).keys() == fns.keys()
+    log.clear()  # a name the caller has already warmed up skips one warm-up round, not its timings
+    out = interleaved_timings(fns, warmup=2, repeats=3, seed=0, warmed=["b"])
+    assert {k: len(v) for k, v in out.items()} == {"a": 3, "b": 3, "c": 3}
+    assert log[:5] == ["a", "c", "a", "b", "c"] and log.count("b") == 1 + 3
 
 
 def test_summary_and_real_time_factors():

@@ -10,7 +10,16 @@ in DVC's own dependency order:
    fine-tuning, the dense measurements), timed: issue 3's <= 10 minutes;
 2. everything else in the root ``dvc.yaml``, timed with it: the <= 30 minutes of the whole smoke run;
 3. the regression check (:mod:`asrcompress.report.regression`); the times are printed after its
-   table, at the end of the log.
+   table, at the end of the log: each stage's (from DVC's "Running stage" line to the next one,
+   its output hashing and ``dvc.lock`` update included), the foundation's and the whole run's.
+
+Side by side: the members of a ``foreach`` group named in ``ci.side_by_side`` (params.yaml) that
+follow each other in the plan and read none of each other's outputs run at the same time, one
+``dvc --wait-for-lock repro`` process each, at most one per core. DVC releases its repository lock
+while a stage's command runs and takes it back to write ``dvc.lock``, so this is DVC's own
+concurrency, not a bypass. Only groups whose members run on one thread each and report no latency
+belong there (the corpus synthesis, paper 4's CTC training and compression): their figures are the
+same computation as in a sequential run, and every timed stage still runs alone.
 
     python -m asrcompress.report.ci_repro
 """
@@ -18,14 +27,28 @@ in DVC's own dependency order:
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+from asrcompress.config import ParamError, get, load_params
 from asrcompress.report.regression import dvc_executable
 
 FOUNDATION_PREFIX = "measure_dense@"
+
+
+@dataclass(frozen=True)
+class Step:
+    """Stages run by one ``dvc repro`` (``side_by_side=False``, in order) or by one process each,
+    at the same time (``side_by_side=True``)."""
+
+    stages: tuple[str, ...]
+    side_by_side: bool = False
 
 
 def forced_plan(root: str | Path = ".") -> tuple[list[str], list[str]]:
@@ -45,19 +68,125 @@ def forced_plan(root: str | Path = ".") -> tuple[list[str], list[str]]:
         return [s.addressing for s in foundation], [s.addressing for s in everything if s.addressing not in seen]
 
 
-def _repro(stages: list[str]) -> None:
-    subprocess.run([dvc_executable(), "repro", "--force", "--single-item", *stages], check=True)
+_RUNNING = re.compile(r"^Running stage '([^']+)':")
+
+
+def stage_seconds(lines, clock=time.monotonic, echo=None) -> list[tuple[str, float]]:
+    """[(stage, seconds)] from DVC's output lines, in the order run: each stage from its "Running
+    stage" line to the next one or the end. ``echo`` gets every line as it arrives."""
+    out: list[tuple[str, float]] = []
+    current: tuple[str, float] | None = None
+    for line in lines:
+        if echo is not None:
+            echo(line)
+        m = _RUNNING.match(line)
+        if m:
+            now = clock()
+            if current is not None:
+                out.append((current[0], now - current[1]))
+            current = (m.group(1), now)
+    if current is not None:
+        out.append((current[0], clock() - current[1]))
+    return out
+
+
+def producers(root: str | Path = ".") -> dict[str, set[str]]:
+    """For every root-pipeline stage, the root stages whose outputs it reads (a dependency inside an
+    output directory counts)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        stages = {s.addressing: s for s in repo.index.stages if Path(s.dvcfile.relpath).as_posix() == "dvc.yaml"}
+        writer = {Path(o.fs_path): a for a, s in stages.items() for o in s.outs}
+        out: dict[str, set[str]] = {}
+        for addr, stage in stages.items():
+            found = set()
+            for dep in stage.deps:
+                path = Path(dep.fs_path)
+                src = next((writer[p] for p in (path, *path.parents) if p in writer), None)
+                if src is not None and src != addr:
+                    found.add(src)
+            out[addr] = found
+        return out
+
+
+def group_of(address: str) -> str:
+    """The ``foreach`` group of a stage address (``p4_compress@hubert`` -> ``p4_compress``)."""
+    return address.split("@", 1)[0]
+
+
+def plan_steps(order: Iterable[str], side_by_side: Collection[str],
+               reads: Mapping[str, Collection[str]]) -> list[Step]:
+    """``order`` cut into steps: a run of consecutive members of one ``side_by_side`` group, none
+    reading another's outputs, is one side-by-side step; the stages between such runs are
+    sequential steps."""
+    steps: list[Step] = []
+    for addr in order:
+        group = group_of(addr) if "@" in addr and group_of(addr) in side_by_side else None
+        last = steps[-1] if steps else None
+        if group is not None:
+            if (last is not None and last.side_by_side and group_of(last.stages[0]) == group
+                    and not set(reads.get(addr, ())) & set(last.stages)):
+                steps[-1] = Step((*last.stages, addr), True)
+            else:
+                steps.append(Step((addr,), True))
+        elif last is not None and not last.side_by_side:
+            steps[-1] = Step((*last.stages, addr))
+        else:
+            steps.append(Step((addr,)))
+    return steps
+
+
+def side_by_side_groups(cfg: Mapping[str, object], order: Collection[str]) -> list[str]:
+    """``ci.side_by_side`` (a list of ``foreach`` stage names; default none), each checked to name a
+    ``foreach`` group of the plan."""
+    groups = get(cfg, "ci.side_by_side", list, [])
+    known = {group_of(a) for a in order if "@" in a}
+    for g in groups:
+        if not isinstance(g, str) or g not in known:
+            raise ParamError(f"params.yaml: ci.side_by_side: {g!r} is not a foreach stage of dvc.yaml; "
+                             f"those are {sorted(known)}")
+    return list(groups)
+
+
+def _repro(stages: Iterable[str], tag: str = "") -> list[tuple[str, float]]:
+    proc = subprocess.Popen([dvc_executable(), "--wait-for-lock", "repro", "--force", "--single-item", *stages],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    assert proc.stdout is not None
+    prefix = f"[{tag}] " if tag else ""
+    timed = stage_seconds(proc.stdout, echo=lambda s: print(prefix + s, end="", flush=True))
+    if proc.wait():
+        raise subprocess.CalledProcessError(proc.returncode, proc.args)
+    return timed
+
+
+def run_steps(steps: Iterable[Step], jobs: int) -> list[tuple[str, float, bool]]:
+    """Run every step; returns (stage, seconds, ran side by side) in the order run."""
+    timed: list[tuple[str, float, bool]] = []
+    for step in steps:
+        if step.side_by_side and len(step.stages) > 1:
+            with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(step.stages)))) as pool:
+                results = list(pool.map(lambda a: _repro([a], tag=a), step.stages))
+            timed += [(a, sec, True) for r in results for a, sec in r]
+        else:
+            timed += [(a, sec, False) for a, sec in _repro(step.stages)]
+    return timed
 
 
 def main() -> int:
     foundation, rest = forced_plan()
+    groups = side_by_side_groups(load_params(), foundation + rest)
+    reads = producers()
+    cores = len(os.sched_getaffinity(0))
     t0 = time.time()
-    _repro(foundation)
+    timed = run_steps(plan_steps(foundation, groups, reads), cores)
     t1 = time.time()
-    _repro(rest)
+    timed += run_steps(plan_steps(rest, groups, reads), cores)
     t2 = time.time()
     rc = subprocess.run([sys.executable, "-m", "asrcompress.report.regression"]).returncode
-    cores = len(os.sched_getaffinity(0))
+    print("seconds per stage (forced, in the order run; || = side by side with its group, ci.side_by_side):")
+    for stage, sec, together in timed:
+        print(f"  {sec:7.1f}  {'||' if together else '  '} {stage}")
     print(f"timing on {cores} cores, every stage forced: foundation ({len(foundation)} stages) {t1 - t0:.0f} s, "
           f"whole smoke reproduction ({len(foundation) + len(rest)} stages) {t2 - t0:.0f} s")
     return rc
