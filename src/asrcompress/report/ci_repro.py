@@ -19,7 +19,8 @@ follow each other in the plan and read none of each other's outputs run at the s
 while a stage's command runs and takes it back to write ``dvc.lock``, so this is DVC's own
 concurrency, not a bypass. Only groups whose members run on one thread each and report no latency
 belong there (the corpus synthesis, paper 4's CTC training and compression): their figures are the
-same computation as in a sequential run, and every timed stage still runs alone.
+same computation as in a sequential run (their own wall-clock seconds aside), and every stage that
+times a model runs alone.
 
     python -m asrcompress.report.ci_repro
 """
