@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from asrcompress.config import ParamError
-from asrcompress.report.ci_repro import Step, forced_plan, plan_steps, producers, side_by_side_groups
+from asrcompress.report.ci_repro import Step, forced_plan, plan_steps, side_by_side_groups
 
 ROOT = Path(__file__).parents[1]
 
@@ -15,15 +15,16 @@ ROOT = Path(__file__).parents[1]
 def test_plan_runs_every_root_stage_once_after_its_producers():
     from dvc.repo import Repo
 
-    foundation, rest = forced_plan(ROOT)
-    order = foundation + rest
+    plan = forced_plan(ROOT)
+    foundation, order = plan.foundation, plan.foundation + plan.rest
     with Repo(str(ROOT)) as repo:
         root = {s.addressing: s for s in repo.index.stages if Path(s.dvcfile.relpath).as_posix() == "dvc.yaml"}
     assert sorted(order) == sorted(root) and len(order) == len(set(order))
     assert all(a.startswith("measure_dense@") for a in foundation[-1:])
     assert {"prepare@en", "tokenizer", "pretrain", "finetune@whisper_hi"} <= set(foundation)
     assert not any(a.startswith(("p1", "p2", "p3", "p4", "report")) for a in foundation)
-    reads = producers(ROOT)
+    reads = plan.reads
+    assert reads.keys() == root.keys()
     assert reads["pretrain"] >= {"tokenizer", "prepare@en"} and reads["p1_measure"] >= {"p1_imp", "p1_prune"}
     position = {a: i for i, a in enumerate(order)}
     for addr, srcs in reads.items():
@@ -57,10 +58,10 @@ def test_side_by_side_groups_come_from_params_and_must_name_foreach_stages():
 def test_committed_side_by_side_groups_are_independent_in_the_plan():
     from asrcompress.config import load_params
 
-    foundation, rest = forced_plan(ROOT)
-    groups = side_by_side_groups(load_params(ROOT / "params.yaml"), foundation + rest)
-    reads = producers(ROOT)
-    steps = plan_steps(rest, groups, reads)
+    plan = forced_plan(ROOT)
+    groups = side_by_side_groups(load_params(ROOT / "params.yaml"), plan.foundation + plan.rest)
+    reads = plan.reads
+    steps = plan_steps(plan.rest, groups, reads)
     together = [s.stages for s in steps if s.side_by_side and len(s.stages) > 1]
     assert ("p4_train_ctc@wav2vec2", "p4_train_ctc@hubert") in together
     assert ("p4_compress@wav2vec2", "p4_compress@hubert") in together

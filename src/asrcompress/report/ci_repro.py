@@ -52,9 +52,20 @@ class Step:
     side_by_side: bool = False
 
 
-def forced_plan(root: str | Path = ".") -> tuple[list[str], list[str]]:
-    """(foundation, rest): the root pipeline's stage addresses in an order that runs every stage after
-    the stages it depends on (DVC's ``plan_repro``), split at the foundation."""
+@dataclass(frozen=True)
+class Plan:
+    """The root pipeline forced: ``foundation`` then ``rest`` (stage addresses in an order that runs
+    every stage after the stages it depends on, DVC's ``plan_repro``) and, per stage, ``reads``: the
+    root stages whose outputs it reads (DVC's stage graph, outputs inside dependency directories
+    included)."""
+
+    foundation: list[str]
+    rest: list[str]
+    reads: dict[str, set[str]]
+
+
+def forced_plan(root: str | Path = ".") -> Plan:
+    """The :class:`Plan` of the root ``dvc.yaml``, split at the foundation."""
     from dvc.repo import Repo
     from dvc.repo.reproduce import get_active_graph, plan_repro
 
@@ -66,7 +77,11 @@ def forced_plan(root: str | Path = ".") -> tuple[list[str], list[str]]:
             raise SystemExit(f"dvc.yaml: no {FOUNDATION_PREFIX}* stage; nothing to call the foundation")
         everything = plan_repro(graph, stages)
         seen = {s.addressing for s in foundation}
-        return [s.addressing for s in foundation], [s.addressing for s in everything if s.addressing not in seen]
+        names = {s.addressing for s in stages}
+        reads = {s.addressing: {p.addressing for p in repo.index.graph.successors(s) if p.addressing in names}
+                 for s in stages}
+        return Plan([s.addressing for s in foundation],
+                    [s.addressing for s in everything if s.addressing not in seen], reads)
 
 
 _RUNNING = re.compile(r"^Running stage '([^']+)':")
@@ -89,26 +104,6 @@ def stage_seconds(lines, clock=time.monotonic, echo=None) -> list[tuple[str, flo
     if current is not None:
         out.append((current[0], clock() - current[1]))
     return out
-
-
-def producers(root: str | Path = ".") -> dict[str, set[str]]:
-    """For every root-pipeline stage, the root stages whose outputs it reads (a dependency inside an
-    output directory counts)."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        stages = {s.addressing: s for s in repo.index.stages if Path(s.dvcfile.relpath).as_posix() == "dvc.yaml"}
-        writer = {Path(o.fs_path): a for a, s in stages.items() for o in s.outs}
-        out: dict[str, set[str]] = {}
-        for addr, stage in stages.items():
-            found = set()
-            for dep in stage.deps:
-                path = Path(dep.fs_path)
-                src = next((writer[p] for p in (path, *path.parents) if p in writer), None)
-                if src is not None and src != addr:
-                    found.add(src)
-            out[addr] = found
-        return out
 
 
 def group_of(address: str) -> str:
@@ -175,14 +170,14 @@ def run_steps(steps: Iterable[Step], jobs: int) -> list[tuple[str, float, bool]]
 
 
 def main() -> int:
-    foundation, rest = forced_plan()
+    plan = forced_plan()
+    foundation, rest = plan.foundation, plan.rest
     groups = side_by_side_groups(load_params(), foundation + rest)
-    reads = producers()
     cores = len(os.sched_getaffinity(0))
     t0 = time.time()
-    timed = run_steps(plan_steps(foundation, groups, reads), cores)
+    timed = run_steps(plan_steps(foundation, groups, plan.reads), cores)
     t1 = time.time()
-    timed += run_steps(plan_steps(rest, groups, reads), cores)
+    timed += run_steps(plan_steps(rest, groups, plan.reads), cores)
     t2 = time.time()
     rc = subprocess.run([sys.executable, "-m", "asrcompress.report.regression"]).returncode
     print("seconds per stage (forced, in the order run; || = side by side with its group, ci.side_by_side):")
