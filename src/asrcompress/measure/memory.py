@@ -4,10 +4,14 @@
   element size), shared/tied tensors once. What the model needs in memory before any input.
 - ``checkpoint_mib``: bytes of the files of a saved model directory on disk.
 - ``peak_rss_mib`` / ``peak_rss_delta_mib``: peak resident set size of a separate Python
-  process (``memory_probe``) that loads the model and runs a workload; the delta subtracts the
-  RSS measured after the imports (torch, transformers) and before loading the model, so it is
-  weights + activations + allocator/runtime overhead of this model. ``peak_rss_polled_mib`` is
-  a psutil cross-check sampled every ``poll_s`` (it can miss short spikes).
+  process (``memory_probe``) that loads the model and runs a workload, read by that process
+  itself from its ``VmHWM`` (``/proc/self/status``) at the end; the delta subtracts the RSS
+  measured after the imports (torch, transformers) and before loading the model, so it is
+  weights + activations + allocator/runtime overhead of this model. Not the child's
+  ``ru_maxrss`` from ``wait4``: on Linux that starts at the high-water mark of the process
+  that spawned it (the kernel carries the pre-exec memory's peak across fork and exec), so it
+  grew with the measuring stage's own memory. ``peak_rss_polled_mib`` is a cross-check the
+  parent samples every ``poll_s`` (it can miss short spikes).
 - ``cuda_peak_mib``: ``torch.cuda.max_memory_allocated`` over the workload (tensors only, not
   the CUDA context or the caching allocator's reserve); only on a CUDA device.
 A paper's "memory" is usually one of the last two, which fall far less than the parameter count.
@@ -69,15 +73,50 @@ def memory_metrics(model: nn.Module, checkpoint_dir: str | os.PathLike | None = 
     return out
 
 
+def proc_status_kib(pid: int | str = "self") -> dict[str, int]:
+    """The ``kB`` fields of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``, ...) in KiB; ``{}``
+    where there is no such file (not Linux, or the process is gone or a zombie has no ``Vm*``)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0])
+    return out
+
+
+def own_peak_rss() -> tuple[float, str]:
+    """This process's peak RSS in MiB and where it comes from: ``VmHWM`` of ``/proc/self/status``
+    (Linux; a fresh ``mm`` after exec, so only this program's own memory) or, elsewhere,
+    ``ru_maxrss`` of ``getrusage(RUSAGE_SELF)`` (which on Linux would include the parent's
+    high-water mark at the time it spawned this process)."""
+    hwm = proc_status_kib().get("VmHWM")
+    if hwm is not None:
+        return hwm / 1024, "VmHWM"
+    import resource
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (maxrss / MIB if sys.platform == "darwin" else maxrss / 1024), "ru_maxrss"
+
+
 def peak_rss_subprocess(argv: list[str], timeout_s: float | None = 600, poll_s: float = 0.02,
                         env: dict | None = None) -> dict:
-    """Run ``argv`` as a child process and report its peak memory.
+    """Run ``argv`` as a child process and report its own peak memory.
 
-    ``peak_rss_mib``: the child's ru_maxrss from ``os.wait4`` (kernel high-water mark of the
-    whole process, imports included). ``peak_rss_polled_mib``: max of psutil RSS samples.
     If the child prints a JSON object as its last stdout line (``memory_probe`` does), its keys
-    are merged in, and with its ``baseline_rss_mib`` the result gets ``peak_rss_delta_mib`` =
-    ``peak_rss_mib - baseline_rss_mib``. Raises RuntimeError if the child fails.
+    are the result: ``memory_probe`` reports ``peak_rss_mib`` (its own ``VmHWM`` at the end, see
+    ``own_peak_rss``), ``baseline_rss_mib`` and ``peak_rss_delta_mib`` = their difference.
+    For a child that reports no ``peak_rss_mib``, it is the largest ``VmHWM`` of
+    ``/proc/<pid>/status`` the parent sampled every ``poll_s`` (``peak_rss_source`` =
+    ``"polled VmHWM"``: a lower bound that misses growth in the last interval before exit).
+    Always added: ``peak_rss_polled_mib``, the max of the sampled RSS (psutil).
+    The child's ``ru_maxrss`` from ``wait4`` is not used: on Linux it starts at this (parent)
+    process's high-water mark, so it measured the caller rather than the child.
+    Raises RuntimeError if the child fails.
     Typical ``argv``: ``[sys.executable, "-m", "asrcompress.measure.memory_probe", MODEL_DIR, ...]``.
     """
     import subprocess
@@ -86,35 +125,32 @@ def peak_rss_subprocess(argv: list[str], timeout_s: float | None = 600, poll_s: 
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
-        ps, polled, t0 = psutil.Process(proc.pid), 0, time.monotonic()
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
+        ps, polled, polled_hwm_kib, t0 = psutil.Process(proc.pid), 0, 0, time.monotonic()
+        while proc.poll() is None:
             try:
                 polled = max(polled, ps.memory_info().rss)
             except psutil.Error:
                 pass
+            polled_hwm_kib = max(polled_hwm_kib, proc_status_kib(proc.pid).get("VmHWM", 0))
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                 proc.kill()
-                os.waitpid(proc.pid, 0)
-                proc.returncode = -9
+                proc.wait()
                 raise RuntimeError(f"{argv}: no result after {timeout_s} s")
             time.sleep(poll_s)
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} exited with {proc.returncode}:\n{stderr[-3000:]}")
-    maxrss_kib = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss / 1024
-    result: dict = {"peak_rss_mib": maxrss_kib / 1024, "peak_rss_polled_mib": polled / MIB}
+    result: dict = {}
     lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
     if lines:
-        reported = json.loads(lines[-1])
-        result = {**reported, **result}
-        if "baseline_rss_mib" in reported:
-            result["peak_rss_delta_mib"] = result["peak_rss_mib"] - reported["baseline_rss_mib"]
+        result = json.loads(lines[-1])
+    if "peak_rss_mib" not in result and polled_hwm_kib:
+        result["peak_rss_mib"], result["peak_rss_source"] = polled_hwm_kib / 1024, "polled VmHWM"
+        if "baseline_rss_mib" in result:
+            result["peak_rss_delta_mib"] = result["peak_rss_mib"] - result["baseline_rss_mib"]
+    result["peak_rss_polled_mib"] = polled / MIB
     return result
 
 

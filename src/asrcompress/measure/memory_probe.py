@@ -13,13 +13,17 @@ workload ``--repeats`` times under ``torch.inference_mode``:
 - CTC (wav2vec2/HuBERT) ``forward``: logits for ``--seconds`` of 16 kHz audio.
 Input: ``--input`` (a tensor saved with torch.save: log-mel features for Whisper, samples for
 CTC) or synthetic N(0, 1) of the right shape (Whisper: batch x mels x 2*max_source_positions).
+At the end the process reads its own peak, ``peak_rss_mib`` = ``VmHWM`` of ``/proc/self/status``
+(``memory.own_peak_rss``; started by exec, its memory map and high-water mark are its own, not
+those of the process that launched it), and reports ``peak_rss_delta_mib`` = peak - baseline.
+Run it in a fresh interpreter (``sys.executable -m ...``), never in a fork without exec: a forked
+child starts with its parent's resident pages in its own VmHWM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 
@@ -28,6 +32,7 @@ import torch
 from transformers import AutoConfig, HubertForCTC, Wav2Vec2ForCTC, WhisperForConditionalGeneration
 
 from asrcompress.measure.latency import whisper_greedy_decode
+from asrcompress.measure.memory import own_peak_rss
 
 try:  # imported before the baseline so its import cost is not charged to the model
     from asrcompress.compress.checkpoint import load_compressed
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
 
     baseline = psutil.Process().memory_info().rss
-    baseline_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline_hwm, _ = own_peak_rss()
     t0 = time.perf_counter()
     model = load_model(a.model_dir, a.loader).eval().to(a.device)
     load_s = time.perf_counter() - t0
@@ -110,10 +115,13 @@ def main(argv: list[str] | None = None) -> dict:
     if cuda:
         torch.cuda.synchronize()
     run_s = time.perf_counter() - t0
+    peak, source = own_peak_rss()
     result = {
+        "peak_rss_mib": peak,
+        "peak_rss_delta_mib": peak - baseline / MIB,
         "baseline_rss_mib": baseline / MIB,
-        "baseline_maxrss_mib": baseline_max / MIB,
-        "maxrss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB,
+        "baseline_hwm_mib": baseline_hwm,  # peak before loading: imports (and, with ru_maxrss, the launcher)
+        "peak_rss_source": source,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / MIB if cuda else None,
         "load_s": load_s,
         "run_s": run_s,
