@@ -3,7 +3,8 @@
     python stages/measure.py <variant-key> <metrics-json> <hyps-jsonl>
 
 The variant's model directory, corpus, reference and real-scale architecture come from
-``dense.<key>`` or ``variants.<key>`` in params.yaml; a variant's reference is a dense variant
+``dense.<key>``, ``real_dense.<key>``, ``real_dense_synth.<key>`` or ``variants.<key>`` in params.yaml (the corpus from
+``corpora`` or ``real_corpora``); a variant's reference is a dense variant
 whose metrics and hypotheses must exist (dvc.yaml lists them as deps).
 """
 
@@ -21,20 +22,23 @@ from asrcompress.measure.suite import measure_variant
 def main(key: str, metrics_path: str, hyps_path: str) -> None:
     setup_logging()
     cfg = load_params()
-    section = "dense" if key in cfg.get("dense", {}) else "variants"
+    section = next((s for s in ("dense", "real_dense", "real_dense_synth") if key in (cfg.get(s) or {})),
+                   "variants")
     variant = get(cfg, f"{section}.{key}", dict)
     corpus = get(variant, "corpus", str)
+    corpora = "real_corpora" if corpus in (cfg.get("real_corpora") or {}) else "corpora"
     reference = variant.get("reference")
     ref_dir = ref_metrics = ref_errors = None
     if reference:
-        ref_dir = get(cfg, f"dense.{reference}.model", str)
+        ref_section = "real_dense" if reference in (cfg.get("real_dense") or {}) else "dense"
+        ref_dir = get(cfg, f"{ref_section}.{reference}.model", str)
         ref_metrics = read_json(Path(metrics_path).with_name(f"{reference}.json"))
         ref_hyps = Path(hyps_path).with_name(f"{reference}.jsonl")
         ref_errors = [json.loads(line)["errors"] for line in ref_hyps.read_text().splitlines()]
     rows = load_split(f"data/corpora/{corpus}", "test")
     metrics, hyps = measure_variant(
-        get(variant, "model", str), rows, get(cfg, f"corpora.{corpus}.whisper_language", str),
-        get(cfg, f"corpora.{corpus}.normalizer", str), get(cfg, "measure", dict),
+        get(variant, "model", str), rows, get(cfg, f"{corpora}.{corpus}.whisper_language", str),
+        get(cfg, f"{corpora}.{corpus}.normalizer", str), get(cfg, "measure", dict),
         derive_seed(get(cfg, "seed", int), "measure", key), reference_dir=ref_dir,
         reference_metrics=ref_metrics, reference_errors=ref_errors, real_scale=variant.get("real_scale"))
     metrics = {"variant": key, "reference": reference, **metrics}

@@ -10,6 +10,16 @@ import torch
 from tqdm.auto import tqdm
 
 
+def prompt_kwargs(model: torch.nn.Module, language: str) -> dict[str, str]:
+    """``generate`` arguments that select the language and the transcribe task; none for an
+    English-only Whisper (``is_multilingual`` false), whose prompt has no language or task token."""
+    if getattr(model.generation_config, "is_multilingual", True) is False:
+        if language != "en":
+            raise ValueError(f"an English-only Whisper cannot transcribe language {language!r}")
+        return {}
+    return {"language": language, "task": "transcribe"}
+
+
 @torch.inference_mode()
 def transcribe_whisper(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]],
                        language: str, batch_size: int = 16, max_new_tokens: int | None = None,
@@ -32,7 +42,7 @@ def transcribe_whisper(model: torch.nn.Module, processor: Any, rows: Sequence[di
         idx = order[start:start + batch_size]
         audio = [np.asarray(rows[i]["audio"]["array"], dtype=np.float32) for i in idx]
         feats = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
-        out = model.generate(feats.to(model.device, model.dtype), language=language, task="transcribe",
+        out = model.generate(feats.to(model.device, model.dtype), **prompt_kwargs(model, language),
                              num_beams=1, do_sample=False, max_new_tokens=max_new_tokens)
         seqs = out if isinstance(out, torch.Tensor) else out.sequences
         for i, text, seq in zip(idx, processor.tokenizer.batch_decode(seqs, skip_special_tokens=True),

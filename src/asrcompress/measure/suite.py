@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from asrcompress.compress.checkpoint import load_compressed, read_compression_record
-from asrcompress.inference import transcribe_whisper
+from asrcompress.inference import prompt_kwargs, transcribe_whisper
 from asrcompress.measure import latency, memory
 from asrcompress.measure.flops import flops_metrics
 from asrcompress.measure.params import count_params, percent_reduction
@@ -60,7 +60,7 @@ def _per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str
             if m is None:
                 continue
             feats = _whisper_batch_features(p, [row])
-            fns[name].append(lambda m=m, f=feats: m.generate(f, language=language, task="transcribe",
+            fns[name].append(lambda m=m, f=feats: m.generate(f, **prompt_kwargs(m, language),
                                                             num_beams=1, do_sample=False))
     names = [n for n in fns if fns[n]]
     for n in names:  # warm-up

@@ -11,7 +11,8 @@ assembles a ``WhisperForConditionalGeneration`` + ``WhisperProcessor``:
   the self-attention q/k/v projections (``linear_0`` = [q; k; v]) and the cross-attention k/v
   (``linear_1`` = [k; v]; ``linear_0`` is q), and stores a zero bias for k (HF's ``k_proj`` has
   none: it is dropped after checking it is zero). The output projection is tied to the token
-  embedding. Quantised (int8) weights are de-quantised with their per-row ``weight_scale``;
+  embedding. Variables that CTranslate2 stored once for several names (aliases; identical
+  tensors) are copied apart. Quantised (int8) weights are de-quantised with their per-row ``weight_scale``;
   float16 / bfloat16 are upcast to float32;
 * ``convert_ct2_whisper``: the model, a tokenizer from ``tokenizer.json`` with Whisper's special
   tokens, the 30 s log-mel feature extractor (80 or 128 bins from the weights), and a generation
@@ -129,9 +130,11 @@ def _weight(m: CT2Model, prefix: str) -> torch.Tensor:
     """A float32 weight, de-quantised when CTranslate2 stored it as int8/int16 with a per-row scale."""
     w = m.get(f"{prefix}/weight")
     if w.dtype in (torch.int8, torch.int16):
-        if not m.has(f"{prefix}/weight_scale"):
+        real = m.aliases.get(f"{prefix}/weight", f"{prefix}/weight")  # an alias's scale is its target's
+        scale_name = next((n for n in (f"{prefix}/weight_scale", f"{real}_scale") if m.has(n)), None)
+        if scale_name is None:
             raise CT2FormatError(f"{m.path}: {prefix}/weight is {w.dtype} without a weight_scale")
-        scale = m.get(f"{prefix}/weight_scale").float()
+        scale = m.get(scale_name).float()
         return w.float() / scale.reshape(-1, *([1] * (w.dim() - 1)))
     return w.float()
 
@@ -214,6 +217,11 @@ def ct2_to_hf_state_dict(m: CT2Model) -> tuple[dict[str, torch.Tensor], dict[str
         proj = _weight(m, "decoder/projection")
         if proj.shape != emb.shape or not torch.allclose(proj, emb, atol=1e-2):
             raise CT2FormatError(f"{m.path}: the output projection is not tied to the token embedding")
+    seen: set[int] = set()
+    for name, t in sd.items():  # CTranslate2 stores identical tensors once (aliases): give each its own
+        if t.data_ptr() in seen:
+            sd[name] = t.clone()
+        seen.add(sd[name].data_ptr())
     dims = {"d_model": d_model, "num_mel_bins": n_mels, "encoder_layers": enc_layers,
             "decoder_layers": dec_layers, "vocab_size": int(emb.shape[0]),
             "ffn_dim": int(sd["model.encoder.layers.0.fc1.weight"].shape[0]),
@@ -264,7 +272,12 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, *, model_bin: 
     """
     import hashlib
 
-    from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
+    from transformers import (
+        WhisperConfig,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
 
     from asrcompress.models.whisper import build_feature_extractor
 
@@ -297,9 +310,7 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, *, model_bin: 
         encoder_ffn_dim=dims["ffn_dim"], decoder_ffn_dim=dims["ffn_dim"],
         max_source_positions=dims["max_source_positions"], max_target_positions=dims["max_target_positions"],
         decoder_start_token_id=ids("<|startoftranscript|>"), bos_token_id=eot, eos_token_id=eot,
-        pad_token_id=eot, suppress_tokens=list(ct2_config.get("suppress_ids") or []),
-        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or [eot]),
-        tie_word_embeddings=True, dropout=0.0, torch_dtype="float32")
+        pad_token_id=eot, tie_word_embeddings=True, dropout=0.0, torch_dtype="float32")
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)

@@ -1,0 +1,45 @@
+"""prepare_real@<corpus>: a folder of real recordings (``real_corpora.<key>.dir``) as a DatasetDict.
+
+    python stages/prepare_real.py <corpus-key> <out-dir> <stats-json>
+
+The folder is read in place (``../shared/realspeech/...`` by default) and never copied into the
+repository; only the converted corpus under ``data/`` (DVC-tracked, not in git) holds its audio.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from asrcompress.config import derive_seed, get, load_params
+from asrcompress.data.local_corpus import load_local_corpus
+from asrcompress.io import log, setup_logging, write_json
+
+
+def main(key: str, out_dir: str, stats_path: str) -> None:
+    setup_logging()
+    cfg = load_params()
+    spec = get(cfg, f"real_corpora.{key}", dict)
+    directory = Path(get(spec, "dir", str))
+    if not directory.is_dir():
+        raise SystemExit(
+            f"real_corpora.{key}.dir: {directory.resolve()} does not exist. The real track reads real "
+            "recordings from ../shared/realspeech/<set>/ (audio/<id>.flac, transcripts.tsv, manifest.tsv) "
+            "beside this repository; put that folder there, or point real_corpora.{key}.dir at your own "
+            "recordings of that shape. The smoke graph does not need it (`make repro` skips the real track "
+            "when the folder is missing).".replace("{key}", key))
+    splits = spec.get("splits")
+    if splits is not None and not isinstance(splits, dict):
+        raise SystemExit(f"params.yaml: real_corpora.{key}.splits must be null or a mapping, got {splits!r}")
+    ds, stats = load_local_corpus(directory, language=get(spec, "language", str), splits=splits,
+                                  seed=derive_seed(get(cfg, "seed", int), "prepare_real", key),
+                                  max_items=spec.get("max_items"),
+                                  speaker_from_id=str(spec.get("speaker_from_id", "none")))
+    ds.save_to_disk(out_dir)
+    write_json(stats_path, {"corpus": key, **stats, "directory": str(directory)})  # as in params, not machine-specific
+    log.info("prepare_real@%s: %s -> %s (%s)", key, directory, out_dir,
+             ", ".join(f"{s}={ds[s].num_rows}" for s in ds))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
