@@ -17,7 +17,7 @@ from pathlib import Path
 
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, read_json, setup_logging, write_json, write_jsonl
-from asrcompress.measure.suite import measure_variant
+from asrcompress.measure.suite import measure_variant, validate_measure_params
 
 
 def main(key: str, metrics_path: str, hyps_path: str) -> None:
@@ -25,9 +25,8 @@ def main(key: str, metrics_path: str, hyps_path: str) -> None:
     cfg = load_params()
     section = next((s for s in ("dense", "real_dense", "real_dense_synth") if key in (cfg.get(s) or {})),
                    "variants")
-    variant = get(cfg, f"{section}.{key}", dict)
-    corpus = get(variant, "corpus", str)
-    corpora = "real_corpora" if corpus in (cfg.get("real_corpora") or {}) else "corpora"
+    mcfg, variant, corpora = validate_measure_params(cfg, section, key)  # before any model or data
+    corpus = variant["corpus"]
     reference = variant.get("reference")
     ref_dir = ref_metrics = ref_errors = None
     if reference:
@@ -37,11 +36,8 @@ def main(key: str, metrics_path: str, hyps_path: str) -> None:
         ref_hyps = Path(hyps_path).with_name(f"{reference}.jsonl")
         ref_errors = [json.loads(line)["errors"] for line in ref_hyps.read_text().splitlines()]
     rows = load_split(f"data/corpora/{corpus}", "test")
-    mcfg = dict(get(cfg, "measure", dict))
-    if section.startswith("real_"):  # the real track's overrides (params real_measure)
-        mcfg.update(get(cfg, "real_measure", dict))
     metrics, hyps = measure_variant(
-        get(variant, "model", str), rows, get(cfg, f"{corpora}.{corpus}.whisper_language", str),
+        variant["model"], rows, get(cfg, f"{corpora}.{corpus}.whisper_language", str),
         get(cfg, f"{corpora}.{corpus}.normalizer", str), mcfg,
         derive_seed(get(cfg, "seed", int), "measure", key), reference_dir=ref_dir,
         reference_metrics=ref_metrics, reference_errors=ref_errors, real_scale=variant.get("real_scale"))

@@ -8,10 +8,12 @@ overrides over the base, so both profiles share one schema and one code path.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,64 @@ def get(cfg: Mapping[str, Any], dotted: str, typ: type | tuple[type, ...] | None
             names = "/".join(t.__name__ for t in types)
             raise ParamError(f"params.yaml: key '{dotted}' must be {names}, got {type(node).__name__} {node!r}")
     return node
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one key of a params section may hold (see :func:`check_section`).
+
+    ``type``: accepted type(s) (ints pass for float; bools never pass for numbers).
+    ``required``: absent (or null, when optional) keys are allowed only if False.
+    ``min``: smallest allowed number; ``choices``: allowed values; ``pattern``: a regex the whole
+    string must match (``what`` is its description in the error message).
+    """
+
+    type: type | tuple[type, ...]
+    required: bool = True
+    min: float | None = None
+    choices: Collection[Any] | None = None
+    pattern: str | None = None
+    what: str | None = None
+
+
+def _check_value(value: Any, dotted: str, spec: Spec) -> Any:
+    types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        names = "/".join(t.__name__ for t in types)
+        raise ParamError(f"params.yaml: {dotted}: must be {names}, got {type(value).__name__} {value!r}")
+    if spec.min is not None and value < spec.min:
+        raise ParamError(f"params.yaml: {dotted}: must be >= {spec.min:g}, got {value!r}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ParamError(f"params.yaml: {dotted}: {value!r} is not one of {sorted(spec.choices)}")
+    if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+        raise ParamError(f"params.yaml: {dotted}: {value!r} is not {spec.what or 'of the form ' + spec.pattern}")
+    return value
+
+
+def check_section(section: Any, name: str, schema: Mapping[str, Spec]) -> dict[str, Any]:
+    """Validate the params section ``name`` (a dotted path, e.g. ``"measure"``) against ``schema``.
+
+    Raises :class:`ParamError` naming ``name.key`` for an unknown key (with the closest known key
+    as a suggestion), a missing required key, a wrong type or a value out of bounds. Returns the
+    section as a new dict (ints converted where floats are asked for; null optional keys kept).
+    """
+    if not isinstance(section, Mapping):
+        raise ParamError(f"params.yaml: {name}: must be a mapping, got {type(section).__name__} {section!r}")
+    for key in section:
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {sorted(schema)}"
+            raise ParamError(f"params.yaml: {name}.{key}: unknown key{hint}")
+    out = dict(section)
+    for key, spec in schema.items():
+        if key not in section or (section[key] is None and not spec.required):
+            if spec.required:
+                raise ParamError(f"params.yaml: missing key '{name}.{key}'")
+            continue
+        out[key] = _check_value(section[key], f"{name}.{key}", spec)
+    return out
 
 
 def set_profile(path: str | os.PathLike, profile: str) -> None:

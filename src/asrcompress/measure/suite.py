@@ -17,6 +17,7 @@ via ``load_compressed``), its reference (the dense model it is compared to), and
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -29,12 +30,65 @@ import numpy as np
 import torch
 
 from asrcompress.compress.checkpoint import load_compressed, read_compression_record
+from asrcompress.config import ParamError, Spec, check_section, get
 from asrcompress.inference import prompt_kwargs, transcribe_whisper
 from asrcompress.measure import latency, memory
 from asrcompress.measure.flops import flops_metrics
 from asrcompress.measure.params import count_params, percent_reduction
 from asrcompress.measure.wer import paired_bootstrap, per_utterance_errors, score
 from asrcompress.text.normalize import get_normalizer
+
+_POSITIVE_INT = Spec(int, min=1)
+# the `measure` params section (`real_measure` overrides any of these keys for the real track)
+MEASURE_SCHEMA: dict[str, Spec] = {
+    "device": Spec(str, required=False, pattern=r"cpu|cuda(:\d+)?", what="cpu, cuda or cuda:N"),
+    "num_threads": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "bootstrap_resamples": _POSITIVE_INT,
+    "latency_utterances": _POSITIVE_INT, "rss_utterances": _POSITIVE_INT,
+    "real_scale_tokens": _POSITIVE_INT, "real_scale_repeats": _POSITIVE_INT,
+}
+# one entry of `dense`, `real_dense`, `real_dense_synth` or `variants`
+VARIANT_SCHEMA: dict[str, Spec] = {
+    "model": Spec(str), "corpus": Spec(str),
+    "reference": Spec(str, required=False), "real_scale": Spec(str, required=False),
+}
+REFERENCE_SECTIONS = ("dense", "real_dense")
+
+
+def validate_measure_params(cfg: Mapping[str, Any], section: str,
+                            key: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Check everything ``measure@<key>`` reads from params before any model or data is loaded.
+
+    Returns (measure section, with ``real_measure`` merged over it for ``real_*`` sections;
+    the variant entry ``<section>.<key>``; the corpora section holding its corpus). Raises
+    :class:`ParamError` naming the offending ``section.key``.
+    """
+    from asrcompress.measure.real_scale import REAL_ARCHS
+
+    mcfg = check_section(get(cfg, "measure"), "measure", MEASURE_SCHEMA)
+    if section.startswith("real_"):
+        optional = {k: dataclasses.replace(v, required=False) for k, v in MEASURE_SCHEMA.items()}
+        mcfg.update({k: v for k, v in check_section(get(cfg, "real_measure"), "real_measure", optional).items()
+                     if v is not None})
+    name = f"{section}.{key}"
+    variant = check_section(get(cfg, name), name, VARIANT_SCHEMA)
+    reference = variant.get("reference")
+    if reference is not None and not any(reference in (cfg.get(s) or {}) for s in REFERENCE_SECTIONS):
+        raise ParamError(f"params.yaml: {name}.reference: {reference!r} is not a key of "
+                         f"{' or '.join(REFERENCE_SECTIONS)}")
+    real_scale = variant.get("real_scale")
+    if real_scale is not None and real_scale not in REAL_ARCHS:
+        raise ParamError(f"params.yaml: {name}.real_scale: {real_scale!r} is not one of {sorted(REAL_ARCHS)}")
+    corpus = variant["corpus"]
+    corpora = next((c for c in ("real_corpora", "corpora") if corpus in (cfg.get(c) or {})), None)
+    if corpora is None:
+        raise ParamError(f"params.yaml: {name}.corpus: {corpus!r} is not a key of corpora or real_corpora")
+    get(cfg, f"{corpora}.{corpus}.whisper_language", str)
+    normalizer = get(cfg, f"{corpora}.{corpus}.normalizer", str)
+    try:
+        get_normalizer(normalizer)
+    except ValueError as exc:
+        raise ParamError(f"params.yaml: {corpora}.{corpus}.normalizer: {exc}") from exc
+    return mcfg, variant, corpora
 
 
 def load_variant(model_dir: str | Path) -> tuple[torch.nn.Module, Any]:
