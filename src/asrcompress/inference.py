@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from asrcompress.data.audio import check_row_audio
 
 
 def prompt_kwargs(model: torch.nn.Module, language: str) -> dict[str, str]:
@@ -30,7 +31,14 @@ def transcribe_whisper(model: torch.nn.Module, processor: Any, rows: Sequence[di
     With ``sort_by_length`` batches are formed from utterances of similar length (longest first), so
     a batch's decoding is not held up by one long transcript and a GPU's memory peak shows early;
     the results are put back in the input order.
+
+    Every row's audio is checked first: one that is not 1-D, empty, holds NaN / infinite samples or
+    is longer than the feature extractor's window (``n_samples``, which would keep only its first
+    window) raises :class:`~asrcompress.data.audio.AudioError` naming the row's ``id``.
     """
+    window = processor.feature_extractor.n_samples
+    for i, row in enumerate(rows):
+        check_row_audio(row["audio"]["array"], str(row.get("id", f"row {i}")), window)
     model.eval()
     order = list(range(len(rows)))
     if sort_by_length:
@@ -40,7 +48,7 @@ def transcribe_whisper(model: torch.nn.Module, processor: Any, rows: Sequence[di
     eot = model.generation_config.eos_token_id
     for start in tqdm(range(0, len(rows), batch_size), desc="decode", disable=not progress, mininterval=5):
         idx = order[start:start + batch_size]
-        audio = [np.asarray(rows[i]["audio"]["array"], dtype=np.float32) for i in idx]
+        audio = [check_row_audio(rows[i]["audio"]["array"], str(rows[i].get("id", f"row {i}"))) for i in idx]
         feats = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
         out = model.generate(feats.to(model.device, model.dtype), **prompt_kwargs(model, language),
                              num_beams=1, do_sample=False, max_new_tokens=max_new_tokens)

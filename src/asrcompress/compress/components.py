@@ -220,7 +220,8 @@ def tensor_ratios(model: nn.Module, ratios: Mapping[str, float], per_layer: Mapp
     ``{component: [r0, r1, ...]}`` (the component's layers split into ``len(list)`` contiguous groups:
     layer ``l`` of ``L`` takes entry ``l * len // L``; ``[0.25, 0.45, 0.30]`` = layer thirds; with fewer
     layers than entries the last entries go unused) or ``{component: {layer: ratio}}`` (unlisted layers
-    fall back to ``ratios``). Only components with a layer index accept ``per_layer``.
+    fall back to ``ratios``; a layer index the model does not have raises :class:`ComponentError`
+    naming ``per_layer.<component>.<layer>``). Only components with a layer index accept ``per_layer``.
 
     Returns ``({canonical parameter name: ratio}, tied)`` for every prunable tensor (ratio may be 0),
     keyed by the first name of the tensor in ``named_parameters()``; ``tied`` lists one dict per tied
@@ -229,11 +230,19 @@ def tensor_ratios(model: nn.Module, ratios: Mapping[str, float], per_layer: Mapp
     """
     for comp in ratios:
         _check_component(comp)
-    for comp in per_layer or {}:
+    n_layers = layer_counts(model)
+    for comp, spec in (per_layer or {}).items():
         _check_component(comp)
         if STACK_OF[comp] is None:
             raise ComponentError(f"per_layer.{comp}: {comp} has no layer index")
-    n_layers = layer_counts(model)
+        if isinstance(spec, Mapping):
+            n = n_layers[STACK_OF[comp]]
+            for layer in spec:
+                idx = layer if isinstance(layer, int) and not isinstance(layer, bool) else (
+                    int(layer) if isinstance(layer, str) and layer.isdigit() else None)
+                if idx is None or not 0 <= idx < n:
+                    raise ComponentError(f"per_layer.{comp}.{layer}: no such layer; the model's "
+                                         f"{STACK_OF[comp]} has layers 0-{n - 1}")
     canonical = {id(p): n for n, p in model.named_parameters()}
     asked: dict[str, dict[str, float]] = {}
     uses: dict[str, dict[str, str]] = {}

@@ -39,7 +39,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from asrcompress.compress.components import COMPONENTS, layer_counts, param_map, prunable_filter
+from asrcompress.compress.components import (
+    COMPONENTS,
+    layer_counts,
+    param_map,
+    prunable_filter,
+    tensor_ratios,
+)
 from asrcompress.compress.magnitude import (
     count_pruned,
     global_magnitude_masks,
@@ -92,14 +98,27 @@ class PrunePoint:
 
 def scale_config(ratios: Mapping[str, float], per_layer: Mapping[str, Any] | None, scale: float
                  ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Multiply every ratio (and per-layer ratio) by ``scale``, capped at 1."""
-    def s(r: float) -> float:
-        return min(1.0, float(r) * scale)
+    """Multiply every ratio (and per-layer ratio) by ``scale``.
+
+    A scale below 0, or one that takes a ratio above 1, raises ValueError naming ``p3.compare_scales``
+    and the ratio's key (``ratios.<component>`` / ``per_layer.<component>...``): the point would not
+    be ``scale`` times the configuration (earlier versions capped such ratios at 1 silently).
+    """
+    if not scale >= 0:
+        raise ValueError(f"p3.compare_scales: scale {scale!r} must be >= 0")
+
+    def s(where: str, r: float) -> float:
+        out = float(r) * scale
+        if out > 1.0:
+            raise ValueError(f"p3.compare_scales: scale {scale:g} takes {where} = {float(r):g} to "
+                             f"{float(r) * scale:g}, above the cap of 1 (a ratio is at most 1)")
+        return out
 
     new_pl: dict[str, Any] = {}
     for comp, spec in (per_layer or {}).items():
-        new_pl[comp] = {k: s(v) for k, v in spec.items()} if isinstance(spec, Mapping) else [s(v) for v in spec]
-    return {c: s(r) for c, r in ratios.items()}, new_pl
+        new_pl[comp] = ({k: s(f"per_layer.{comp}.{k}", v) for k, v in spec.items()} if isinstance(spec, Mapping)
+                        else [s(f"per_layer.{comp}[{i}]", v) for i, v in enumerate(spec)])
+    return {c: s(f"ratios.{c}", r) for c, r in ratios.items()}, new_pl
 
 
 def last_layers(n_total: int, n_layers: int | None) -> list[int]:
@@ -137,6 +156,7 @@ def plan_points(model: nn.Module, ratios: Mapping[str, float] = FINAL_RATIOS,
             raise ValueError(f"unknown baseline {b!r}; known: global, uniform")
     for scale in compare_scales:
         r, pl = scale_config(ratios, per_layer, float(scale))
+        tensor_ratios(model, r, pl)  # unknown components / layers fail here, before any decoding
         key = f"component_x{_pct(scale)}"
         points.append(PrunePoint(key, "compare", "component", float(scale), r, pl))
         points += [PrunePoint(f"{b}_x{_pct(scale)}", "compare", b, float(scale), match=key) for b in baselines]

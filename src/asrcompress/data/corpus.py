@@ -25,7 +25,15 @@ def build_synthetic_corpus(language: str, sizes: Mapping[str, int], seed: int, s
 
     ``synth`` holds the voice ranges from params (``rate_wpm``, ``pitch``, ``gain``, ``noise_prob``,
     ``snr_db``). Clips longer than ``max_seconds`` (the model window) are dropped and counted.
+    Each size must be an int >= 0 (0 = an empty split, still present with the schema's features);
+    ``max_seconds`` must be positive. Raises ValueError naming ``sizes.<split>`` otherwise.
     """
+    for split in SPLITS:
+        n = sizes.get(split)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"sizes.{split}: must be an int >= 0, got {n!r}")
+    if not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
     sentences = make_sentences(language, sizes["train"], sizes["dev"], sizes["test"],
                                derive_seed(seed, "text", language))
     out: dict[str, Dataset] = {}
@@ -62,3 +70,10 @@ def build_synthetic_corpus(language: str, sizes: Mapping[str, int], seed: int, s
     stats["vocabulary_train"] = len(train_words)
     stats["heldout_words_unseen_in_train"] = len(held_words - train_words)
     return DatasetDict(out), stats
+
+
+def save_corpus(ds: DatasetDict, out_dir: str) -> None:
+    """``ds.save_to_disk(out_dir)``, writing one (empty) data file for an empty split: by default
+    ``datasets`` writes none, and loading the corpus back then fails with an IndexError. Non-empty
+    splits are written exactly as ``save_to_disk`` writes them."""
+    ds.save_to_disk(out_dir, num_shards={split: 1 for split in ds if ds[split].num_rows == 0})
