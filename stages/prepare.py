@@ -18,10 +18,11 @@ def main(key: str, out_dir: str, stats_path: str) -> None:
     corpus = get(cfg, f"corpora.{key}", dict)
     source = get(corpus, "source", str)
     sizes = {s: get(cfg, f"corpora.{key}.sizes.{s}", int) for s in ("train", "dev", "test")}
-    for split, n in sizes.items():  # 0 = an empty split (e.g. an evaluation-only corpus), still written
-        if n < 0:
-            raise ParamError(f"params.yaml: corpora.{key}.sizes.{split}: must be >= 0, got {n}")
     if source == "synth":
+        for split, n in sizes.items():  # 0 = an empty split (e.g. an evaluation-only corpus), still written
+            if n < 0:
+                raise ParamError(f"params.yaml: corpora.{key}.sizes.{split}: must be >= 0 for a synthetic "
+                                 f"corpus, got {n}")
         window = get(cfg, "whisper.chunk_length_s", int)
         if window < 1:
             raise ParamError(f"params.yaml: whisper.chunk_length_s: must be >= 1 (seconds), got {window}")

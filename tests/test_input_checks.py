@@ -145,7 +145,7 @@ def write_params(tmp_path, sizes: str, window: int = 4) -> None:
 
 
 @pytest.mark.parametrize("sizes,window,match", [
-    ("{train: -1, dev: 1, test: 1}", 4, r"corpora\.en\.sizes\.train: must be >= 0, got -1"),
+    ("{train: -1, dev: 1, test: 1}", 4, r"corpora\.en\.sizes\.train: must be >= 0 for a synthetic corpus, got -1"),
     ("{train: 1, dev: 1, test: -5}", 4, r"corpora\.en\.sizes\.test: must be >= 0"),
     ("{train: 1, dev: 1, test: 1.5}", 4, r"corpora\.en\.sizes\.test' must be int"),
     ("{train: 1, dev: 1, test: 1}", 0, r"whisper\.chunk_length_s: must be >= 1"),
@@ -205,3 +205,27 @@ def test_p3_compare_scale_beyond_a_ratio_of_one_is_refused():
         scale_config({}, {"dec_ffn": [0.25, 0.45]}, 2.5)
     with pytest.raises(ValueError, match=r"p3\.compare_scales: scale -1\.0 must be >= 0"):
         scale_config({"enc_ffn": 0.5}, None, -1.0)
+
+
+def test_prepare_keeps_minus_one_for_hub_corpora(tmp_path, monkeypatch):
+    """The paper profile asks hub corpora for ``sizes: -1`` (= every item): not refused."""
+    from datasets import Dataset
+
+    import asrcompress.data.hub_loaders as hub
+
+    class Stats:
+        def to_dict(self) -> dict:
+            return {}
+
+    asked = []
+
+    def fake(source, split, max_items=None):
+        asked.append(max_items)
+        return Dataset.from_dict({k: [] for k in corpus_features()}, features=corpus_features()), Stats()
+
+    monkeypatch.setattr(hub, "load_corpus_with_stats", fake)
+    write_params(tmp_path, "{train: -1, dev: -1, test: -1}")
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("source: synth", "source: x"))
+    monkeypatch.chdir(tmp_path)
+    load_stage("prepare").main("en", str(tmp_path / "out"), str(tmp_path / "stats.json"))
+    assert asked == [-1, -1, -1]
