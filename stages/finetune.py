@@ -27,7 +27,8 @@ def main(key: str, corpus_dir: str, base_dir: str, out_dir: str, loss_csv: str, 
     model, processor = load_pretrained(base_dir, get(cfg, "whisper.attn_implementation", str))
     tcfg = TrainConfig.from_params(get(cfg, "train", dict), get(cfg, "seed", int))
     rows = load_split(corpus_dir, "train")
-    summary = train(model, rows, WhisperCollator(processor, language), tcfg,
+    collate = WhisperCollator(processor, language, max_target_positions=model.config.max_target_positions)
+    summary = train(model, rows, collate, tcfg,
                     ckpt_dir=f"checkpoints/finetune/{Path(out_dir).name}", loss_log=loss_csv,
                     fingerprint={"model": key, "base": base_dir, "corpus": corpus_dir}, desc=f"finetune@{key}")
     n_params = save_trained(model, processor, out_dir, metrics_path, summary, train_utterances=len(rows))

@@ -62,7 +62,7 @@ def main(dense_dir: str, corpus_dir: str, prune_metrics: str, out_dir: str, loss
     processor = WhisperProcessor.from_pretrained(dense_dir)
     dense = count_params(model)
     rows = load_split(corpus_dir, "train")
-    collate = WhisperCollator(processor, language)
+    collate = WhisperCollator(processor, language, max_target_positions=model.config.max_target_positions)
     keep = target_filter()  # every block linear's weight (fc1, fc2, q/k/v/out_proj), as the match assumes
     logs: list[Path] = []
 

@@ -51,7 +51,8 @@ def main(sgl_dir: str, dense_dir: str, corpus_dir: str, out_dir: str, loss_csv: 
     summary: dict = {"steps": 0}
     if recovery:
         tcfg = TrainConfig.from_params(recovery, derive_seed(get(cfg, "seed", int), "p1", "recovery"))
-        summary = train(model, load_split(corpus_dir, "train"), WhisperCollator(processor, language), tcfg,
+        collate = WhisperCollator(processor, language, max_target_positions=model.config.max_target_positions)
+        summary = train(model, load_split(corpus_dir, "train"), collate, tcfg,
                         ckpt_dir=f"checkpoints/{Path(out_dir).name}", loss_log=loss_csv,
                         fingerprint={"stage": "p1_prune", "sgl": sgl_dir, "rule": asdict(rule)},
                         after_step=lambda m, step: reapply_masks(m), desc="p1_prune recovery")

@@ -60,7 +60,8 @@ def main(*argv: str) -> None:
 
     extra_loss, after_step = (None, None) if control else sgl_hooks(sgl, lr_at(tcfg))
     rows = load_split(corpus_dir, "train")
-    summary = train(model, rows, WhisperCollator(processor, language), tcfg, ckpt_dir=f"checkpoints/{Path(out_dir).name}",
+    collate = WhisperCollator(processor, language, max_target_positions=model.config.max_target_positions)
+    summary = train(model, rows, collate, tcfg, ckpt_dir=f"checkpoints/{Path(out_dir).name}",
                     loss_log=loss_csv, fingerprint={"stage": name, "dense": dense_dir, "sgl": asdict(sgl)},
                     extra_loss=extra_loss, after_step=after_step, desc=name)
 

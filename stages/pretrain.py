@@ -73,7 +73,8 @@ def main(*argv: str) -> None:
         raise ValueError(f"params.yaml: pretrain_ctc.weight must be >= 0, got {ctc_weight}")
     head = EncoderCTCHead(model.config.d_model, len(processor.tokenizer), set(processor.tokenizer.all_special_ids),
                           frame_stride=get(cfg, "pretrain_ctc.frame_stride", int)) if ctc_weight > 0 else None
-    summary = train(model, rows, WhisperCollator(processor, language_map=language_map), tcfg,
+    summary = train(model, rows, WhisperCollator(processor, language_map=language_map,
+                                                      max_target_positions=model.config.max_target_positions), tcfg,
                     ckpt_dir="checkpoints/pretrain", loss_log=loss_csv,
                     fingerprint={"dims": get(cfg, "whisper.dims", dict), "corpora": list(corpus_dirs),
                                  "ctc": get(cfg, "pretrain_ctc", dict)},
