@@ -8,6 +8,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
+# The same environment is set by `import asrcompress` (src/asrcompress/__init__.py, RUN_ENV), so a
+# plain `dvc repro` / `dvc exp run` computes the same; keep the two in step (tests/test_env_defaults.py).
 export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1

@@ -7,6 +7,9 @@ figures (WER vs parameters / FLOPs, speed-up bars) and the index ``reports/READM
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+import yaml
 
 from asrcompress.config import load_params
 from asrcompress.io import log, setup_logging
@@ -14,9 +17,20 @@ from asrcompress.report.figures import write_all
 from asrcompress.report.tables import build_table, write_index, write_table
 
 
+def undeclared_variant_metrics(variants: list[str], dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
+    """The metrics files of `variants` this stage reads but dvc.yaml does not list as its deps: DVC
+    would not rerun the report after re-measuring them (issue 19, item 2)."""
+    deps = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]["report"]["deps"]
+    return [f"reports/metrics/{key}.json" for key in variants if f"reports/metrics/{key}.json" not in deps]
+
+
 def main(*papers: str) -> None:
     setup_logging()
     cfg = load_params()
+    missing = undeclared_variant_metrics(list(cfg.get("variants") or {}))
+    if missing:
+        raise SystemExit(f"dvc.yaml: the report stage reads {', '.join(missing)} (params.yaml `variants`) but does "
+                         "not list it under its deps; add it there, or the report goes stale when it is re-measured")
     profile = cfg["profile"]
     built = []
     for paper in papers:
