@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -156,12 +159,71 @@ def test_errors_name_the_file(tmp_path):
     state["extra.weight"] = torch.zeros(1)
     del state["model.decoder.layer_norm.bias"]
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    rerecorded = {**record, "weights_sha256": {"model.safetensors": _sha256(out / "model.safetensors")}}
+    (out / COMPRESSION_FILE).write_text(json.dumps(rerecorded))  # a record that vouches for the edited file
     with pytest.raises(CheckpointError, match=r"missing keys: \['model\.decoder\.layer_norm\.bias'\].*"
                                               r"unexpected keys: \['extra\.weight'\]"):
         load_compressed(out)
 
-    bad = json.loads(json.dumps(record))
+    bad = json.loads(json.dumps(rerecorded))
     bad["structure"]["stacks"]["encoder"]["layers"][0]["ffn"] = 500
     (out / COMPRESSION_FILE).write_text(json.dumps(bad))
     with pytest.raises(CheckpointError, match=r"compression\.json: structure cannot be applied"):
         load_compressed(out)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_checksums_are_recorded_and_a_corrupt_or_swapped_weights_file_is_refused(tmp_path):
+    """Issue 17, item 6: a bit flip or another checkpoint's weights file is caught, naming the file."""
+    m = make_tiny_whisper()
+    prune_ffn_neurons(m, "encoder", 0, [0, 1])
+    out = save_compressed(m, tmp_path / "c", "x", {})
+    record = json.loads((out / COMPRESSION_FILE).read_text())
+    weights = out / "model.safetensors"
+    assert record["weights_sha256"] == {"model.safetensors": _sha256(weights)}
+    payload = bytearray(weights.read_bytes())
+    payload[-3] ^= 0x01  # one bit of one weight: the file still parses and has the right shapes
+    weights.write_bytes(bytes(payload))
+    with pytest.raises(CheckpointError, match=r"c/model\.safetensors: checksum mismatch"):
+        load_compressed(out)
+    other = make_tiny_whisper(seed=1)  # the same structure, other weights
+    prune_ffn_neurons(other, "encoder", 0, [0, 1])
+    swapped = save_compressed(other, tmp_path / "other", "x", {})
+    shutil.copyfile(swapped / "model.safetensors", weights)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: checksum mismatch"):
+        load_compressed(out)
+
+
+def test_a_record_without_checksums_still_loads_with_a_warning(tmp_path, whisper_features):
+    m = make_tiny_whisper()
+    out = save_compressed(m, tmp_path / "c", "x", {})
+    record = json.loads((out / COMPRESSION_FILE).read_text())
+    del record["weights_sha256"]  # as written before checksums were recorded
+    (out / COMPRESSION_FILE).write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match=r"compression\.json: no weights checksums recorded"):
+        loaded = load_compressed(out)
+    assert torch.equal(whisper_logits(loaded, whisper_features), whisper_logits(m.eval(), whisper_features))
+    record["weights_sha256"] = {}  # corrupt, not old
+    (out / COMPRESSION_FILE).write_text(json.dumps(record))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError, match="weights_sha256"):
+            load_compressed(out)
+
+
+def test_processor_is_saved_beside_the_model_and_measure_loads_the_directory(tmp_path, offline_processor):
+    """Issue 19, item 5: a model saved with save_compressed loads through the measure stage's loader."""
+    from asrcompress.measure.suite import load_variant
+
+    m = make_tiny_whisper()
+    prune_heads(m, "encoder", 0, [1])
+    out = save_compressed(m, tmp_path / "c", "x", {}, processor=offline_processor)
+    model, processor = load_variant(out)
+    assert type(processor).__name__ == "WhisperProcessor"
+    assert processor.tokenizer.get_vocab() == offline_processor.tokenizer.get_vocab()
+    assert structure_of(model) == structure_of(m)
+    again = save_compressed(m, tmp_path / "from_dir", "x", {}, processor=out)  # or copied from a directory
+    assert load_variant(again)[1].tokenizer.get_vocab() == offline_processor.tokenizer.get_vocab()

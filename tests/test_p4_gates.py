@@ -206,9 +206,13 @@ def test_gates_and_ump_run_in_the_training_loop_and_resume(tmp_path) -> None:
     assert summary["resumed_from"] == 0 and summary["compress_seconds"] > 0
     assert sparsity_report(model, prunable_weight_filter(model))["sparsity"] == pytest.approx(
         summary["hard_sparsity"])
-    again, _, summary2 = run()  # same fingerprint: resumes at the end, thresholds restored from checkpoint
-    assert summary2["resumed_from"] == 3
-    assert summary2["layers"] == summary["layers"]
+    assert not (tmp_path / "ck").exists()  # a finished run leaves no checkpoint to stand in for a later one
+    again, _, summary2 = run()  # so the same run trains again, from step 0, to the same gates
+    assert summary2["resumed_from"] == 0
+    # (up to wav2vec2's SpecAugment masks, drawn from numpy's global RNG, which the loop does not seed)
+    assert [r["layer"] for r in summary2["layers"]] == [r["layer"] for r in summary["layers"]]
+    assert [r["threshold"] for r in summary2["layers"]] == pytest.approx([r["threshold"] for r in summary["layers"]],
+                                                                         rel=1e-3)
     usum = ump_baseline(again, 0.5, rows, CTCCollator(proc), tcfg, str(tmp_path / "ump"),
                         str(tmp_path / "ump.csv"), {"u": 1})
     assert usum["sparsity"] == pytest.approx(0.5, abs=1e-3) and not get_masks(again)

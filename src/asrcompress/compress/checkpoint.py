@@ -1,7 +1,10 @@
 """Compressed checkpoint format: a ``save_pretrained`` directory (safetensors) + ``compression.json``.
 
 ``compression.json`` records ``structure_of(model)`` (base config + per-layer shapes), the method name and
-its parameters, the attention implementation and dtype. :func:`load_compressed` rebuilds the base model
+its parameters, the attention implementation and dtype, and the sha256 of every weights file
+(``weights_sha256``). :func:`load_compressed` checks those checksums first (a bit-flipped, truncated or
+swapped weights file is refused, naming the file; a record written before checksums were recorded loads
+with a warning), rebuilds the base model
 from the recorded base config (without weight initialisation), resizes it with ``apply_structure`` and
 loads the safetensors state dict strictly: every key must match in name and shape, none may be missing
 except aliases of a tied parameter (Whisper's ``proj_out.weight`` = ``embed_tokens.weight``), none may be
@@ -13,8 +16,10 @@ A plain ``save_pretrained`` directory without ``compression.json`` is loaded wit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,7 @@ __all__ = [
     "save_compressed",
     "load_compressed",
     "read_compression_record",
+    "verify_weights",
     "weights_bytes",
 ]
 
@@ -58,11 +64,19 @@ def _jsonable(value: Any, where: str) -> Any:
 
 
 def save_compressed(model: nn.Module, out_dir: str | os.PathLike, method: str, method_params: Mapping[str, Any],
-                    extra: Mapping[str, Any] | None = None) -> Path:
+                    extra: Mapping[str, Any] | None = None, processor: Any | None = None) -> Path:
     """Write ``model`` to ``out_dir``: ``save_pretrained`` files (config.json, model.safetensors,
     generation_config.json when the model has a generation config) plus ``compression.json`` with
     ``format_version``, ``method``, ``method_params``, ``extra``, ``structure`` (= ``structure_of(model)``),
-    ``attn_implementation``, ``dtype``, ``num_parameters`` and ``weights_bytes``. Returns the directory."""
+    ``attn_implementation``, ``dtype``, ``num_parameters``, ``weights_bytes`` and ``weights_sha256`` (file
+    name -> sha256 of every weights file). ``processor`` (anything with ``save_pretrained``, e.g. a
+    ``WhisperProcessor``; or the path of a directory to load one from with ``AutoProcessor``) is saved
+    beside the model, so that ``AutoProcessor.from_pretrained(out_dir)`` (the measure stage's loader) works.
+    Returns the directory."""
+    if processor is not None and isinstance(processor, str | os.PathLike):
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(processor))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -79,11 +93,54 @@ def save_compressed(model: nn.Module, out_dir: str | os.PathLike, method: str, m
     if stale.exists():
         stale.unlink()  # never leave a record describing other weights
     model.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(out)
     record["weights_bytes"] = weights_bytes(out)
+    record["weights_sha256"] = {f.name: _sha256(f) for f in _weights_files(out)}
     tmp = out / (COMPRESSION_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     tmp.replace(out / COMPRESSION_FILE)
     return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _weights_files(path: Path) -> list[Path]:
+    """The weights files of a checkpoint directory: the safetensors files and their shard index."""
+    return sorted([*path.glob("*.safetensors"), *path.glob("*.safetensors.index.json")])
+
+
+def verify_weights(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Check every weights file of ``path`` against the record's ``weights_sha256``; a
+    :class:`CheckpointError` naming the file on a missing, unrecorded or changed file. A record without
+    checksums (written before they were recorded) passes with a warning."""
+    p = Path(path)
+    sums = record.get("weights_sha256")
+    if sums is None:
+        warnings.warn(f"{p / COMPRESSION_FILE}: no weights checksums recorded (an older checkpoint); "
+                      f"loading the weights unverified", stacklevel=3)
+        return
+    if not isinstance(sums, dict) or not sums:
+        raise CheckpointError(f"{p / COMPRESSION_FILE}: corrupt compression record ('weights_sha256' is not a "
+                              f"non-empty object)")
+    for name, expected in sorted(sums.items()):
+        f = p / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: weights file recorded in {COMPRESSION_FILE} is missing")
+        actual = _sha256(f)
+        if actual != expected:
+            raise CheckpointError(f"{f}: checksum mismatch (sha256 {actual[:16]}..., {COMPRESSION_FILE} records "
+                                  f"{str(expected)[:16]}...): the weights file is corrupt or was replaced")
+    extra_files = sorted(f.name for f in _weights_files(p) if f.name not in sums)
+    if extra_files:
+        raise CheckpointError(f"{p / extra_files[0]}: weights file not recorded in {COMPRESSION_FILE} "
+                              f"(unrecorded: {extra_files})")
 
 
 def weights_bytes(path: str | os.PathLike) -> int:
@@ -184,7 +241,9 @@ def _load_plain(path: Path, attn_implementation: str | None) -> nn.Module:
 
 def load_compressed(path: str | os.PathLike, attn_implementation: str | None = None) -> nn.Module:
     """Rebuild the model saved in ``path`` (by :func:`save_compressed` or plain ``save_pretrained``), in eval
-    mode, with exactly the saved shapes and weights and its generation config (when saved).
+    mode, with exactly the saved shapes and weights and its generation config (when saved). The weights
+    files of a :func:`save_compressed` directory are checked against their recorded sha256 first
+    (:func:`verify_weights`).
 
     ``attn_implementation`` defaults to the recorded one (needed for bit-identical outputs)."""
     p = Path(path)
@@ -203,6 +262,7 @@ def load_compressed(path: str | os.PathLike, attn_implementation: str | None = N
     attn = attn_implementation or record.get("attn_implementation")
     if attn:
         config._attn_implementation = attn
+    verify_weights(p, record)
     state, source = _read_state_dict(p)
     model = _build_empty(cls, config)
     try:

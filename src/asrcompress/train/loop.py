@@ -21,10 +21,20 @@ gate training), for seq2seq (Whisper) and CTC models alike.
   from the seed (epoch ``e`` uses permutation ``rng(seed, e)``), so a resumed run sees exactly the
   batches an uninterrupted run would; torch's RNG (dropout) is seeded per process (rank 0 with
   ``seed``, rank r with a seed derived from it).
-* Checkpoints every ``checkpoint_every`` steps (and on Ctrl-C / SIGTERM) into ``ckpt_dir``, with a
-  fingerprint of the run's config; a second call with the same fingerprint resumes (with any
-  number of processes; ``ckpt_dir`` must be on storage every process sees). The decision to stop on
-  a signal is taken jointly at the end of a step, so all processes stop after the same step.
+* Checkpoints every ``checkpoint_every`` steps (and on Ctrl-C / SIGTERM) into ``ckpt_dir``, with the
+  run's identity (:func:`run_identity`: the config, the caller's run description, the model's config and
+  attention implementation, the source code of ``asrcompress.train``, the training rows including their
+  audio samples, the collator, the starting weights); a second call with the same identity resumes (with
+  any number of processes; ``ckpt_dir`` must be on storage every process sees). A checkpoint of another
+  run, or one whose ``trainer_state.json`` is missing or unreadable, is reported (naming what differs, or
+  the file) and removed, and the run starts fresh. A run that reaches ``max_steps`` removes its
+  checkpoint, so a finished run never stands in for a later one. The decision to stop on a signal is taken
+  jointly at the end of a step, so all processes stop after the same step.
+* A checkpoint is saved atomically (written to ``<ckpt_dir>.tmp``, the old one renamed to
+  ``<ckpt_dir>.old``, the new one renamed in, the old one deleted); a start after a crash in between
+  recovers the newest complete one and says so. While a run trains, the main process holds an exclusive
+  lock (``fcntl.flock``) on ``<ckpt_dir>.lock`` (holding its pid): a second run on the same directory
+  stops at once with an error naming the directory and the holder's pid.
 * Loss per step goes to a CSV (a DVC plots file) with step, loss, extra loss, learning rate.
 * A NaN or infinite loss stops the run with an error naming the step (on every process, before the
   optimiser step); the last checkpoint is kept.
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import math
@@ -222,13 +233,152 @@ def weights_digest(model: torch.nn.Module, extra_params: Sequence[torch.nn.Param
 
 
 def data_digest(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A short hash of the training rows' ids, texts and audio lengths (cheap; no audio hashing)."""
+    """A short hash of the training rows: ids, texts, audio lengths and sampling rates, the samples of every
+    audio array (as float32 bytes) and any other array or tensor field (name, dtype, shape, bytes).
+
+    Streamed row by row (no concatenation): a regenerated corpus with other audio (e.g. another noise
+    level) has another digest even when its ids, texts and lengths are the same.
+    """
     h = hashlib.sha256()
     for row in rows:
         audio = row.get("audio")
-        n = len(audio["array"]) if isinstance(audio, Mapping) and "array" in audio else None
-        h.update(json.dumps([row.get("id"), row.get("text"), n], default=str).encode())
+        array = audio.get("array") if isinstance(audio, Mapping) else None
+        rate = audio.get("sampling_rate") if isinstance(audio, Mapping) else None
+        n = len(array) if array is not None else None
+        h.update(json.dumps([row.get("id"), row.get("text"), n, rate], default=str).encode())
+        if array is not None:
+            samples = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else array
+            h.update(np.ascontiguousarray(samples, dtype=np.float32).reshape(-1).view(np.uint8))
+        for key in sorted(k for k in row if isinstance(row[k], np.ndarray | torch.Tensor)):
+            value = row[key]
+            if isinstance(value, torch.Tensor):
+                value = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            h.update(json.dumps([key, str(value.dtype), list(value.shape)]).encode())
+            h.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
     return h.hexdigest()[:16]
+
+
+def code_digest() -> str:
+    """A short hash of the source files of the ``asrcompress.train`` package (names and contents): a
+    checkpoint written by other training code is not resumed."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(f.name.encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def model_config_digest(model: torch.nn.Module) -> str:
+    """A short hash of the model's class, attention implementation and full config (e.g. another
+    ``attn_implementation`` or dropout is another run)."""
+    config = getattr(model, "config", None)
+    try:
+        text = config.to_json_string(use_diff=False) if config is not None else ""
+    except (TypeError, ValueError, AttributeError):
+        text = repr(config)
+    attn = getattr(config, "_attn_implementation", None)
+    h = hashlib.sha256(json.dumps([type(model).__qualname__, str(attn)]).encode())
+    h.update(text.encode())
+    return h.hexdigest()[:16]
+
+
+def run_identity(model_config: str, dataset: Sequence[Mapping[str, Any]], collate: Collate,
+                 cfg: TrainConfig, fingerprint: Mapping[str, Any] | None, init_digest: str) -> dict[str, Any]:
+    """What a checkpoint must share to be resumed (as JSON would store it): the training config, the
+    caller's run description, the model's config (``model_config``, a :func:`model_config_digest`), the code of
+    ``asrcompress.train`` (:func:`code_digest`), the starting weights, the training rows
+    (:func:`data_digest`) and the collator's tokenizer/features (its ``fingerprint()``)."""
+    fp = getattr(collate, "fingerprint", None)
+    stamp = {"train": asdict(cfg), "run": dict(fingerprint or {}), "model": model_config,
+             "code": code_digest(), "init": init_digest, "n_items": len(dataset), "data": data_digest(dataset),
+             "collate": fp() if callable(fp) else None}
+    return json.loads(json.dumps(stamp))
+
+
+# which part of the run each identity key describes (for the "differs in" message)
+_IDENTITY_PARTS = {"train": "config", "run": "config", "model": "config", "code": "code", "n_items": "data",
+                   "data": "data", "collate": "data", "init": "start weights"}
+STATE_FILE = "trainer_state.json"
+
+
+def identity_differences(saved: Any, stamp: Mapping[str, Any]) -> list[str]:
+    """The parts (config / code / data / start weights) in which a saved identity differs from ``stamp``."""
+    if not isinstance(saved, Mapping):
+        return ["everything (no identity recorded)"]
+    parts = [_IDENTITY_PARTS.get(k, k) for k in sorted(set(saved) | set(stamp)) if saved.get(k) != stamp.get(k)]
+    order = ["config", "code", "data", "start weights"]
+    return sorted(set(parts), key=lambda p: (order.index(p) if p in order else len(order), p))
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def read_trainer_state(state_file: Path) -> dict[str, Any] | None:
+    """The parsed ``trainer_state.json`` (None when it is missing, truncated or lacks a step number)."""
+    try:
+        saved = json.loads(state_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
+        return None
+    return saved
+
+
+def recover_interrupted_save(ckpt_dir: Path, log: Callable[[str], None], desc: str = "train") -> None:
+    """Repair what a crash during an atomic checkpoint save leaves behind, saying what it did.
+
+    Without ``ckpt_dir``, the complete new checkpoint ``<ckpt_dir>.tmp`` (the save was interrupted after the
+    old one was renamed aside), else the previous one ``<ckpt_dir>.old``, becomes ``ckpt_dir``; any other
+    ``.tmp`` / ``.old`` leftover (an incomplete new one, a replaced old one) is deleted.
+    """
+    tmp, old = _sibling(ckpt_dir, ".tmp"), _sibling(ckpt_dir, ".old")
+    if not ckpt_dir.exists():
+        for candidate, what in ((tmp, "new"), (old, "previous")):
+            if candidate.is_dir() and read_trainer_state(candidate / STATE_FILE) is not None:
+                candidate.rename(ckpt_dir)
+                log(f"{desc}: recovered the {what} checkpoint {candidate} left by an interrupted save "
+                    f"(now {ckpt_dir})")
+                break
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+            log(f"{desc}: removed {leftover}, left over from an interrupted checkpoint save")
+
+
+def remove_checkpoint(ckpt_dir: Path) -> None:
+    """Delete a checkpoint directory, its ``trainer_state.json`` first (so that a crash half-way leaves a
+    directory that is never resumed)."""
+    with contextlib.suppress(FileNotFoundError):
+        (ckpt_dir / STATE_FILE).unlink()
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def checkpoint_lock(ckpt_dir: Path, desc: str = "train") -> Any:
+    """Hold an exclusive ``fcntl.flock`` on ``<ckpt_dir>.lock`` (which records this process's pid); a
+    :class:`TrainingError` naming the directory and the holder's pid if another run holds it."""
+    path = _sibling(ckpt_dir, ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise TrainingError(f"{desc}: checkpoint directory {ckpt_dir} is in use by another training run "
+                            f"(pid {holder}, lock {path}); wait for it to end or give this run another "
+                            f"checkpoint directory") from err
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield path
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Collate, cfg: TrainConfig,
@@ -243,18 +393,20 @@ def train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Co
     ``extra_params`` (e.g. learnable gate thresholds living outside the model) are optimised too;
     they are checkpointed with the run and, with several processes, broadcast from rank 0 at the start
     and their gradients averaged like the model's. With ``cfg.deterministic`` the run uses torch's
-    deterministic kernels (the caller's setting is restored afterwards).
+    deterministic kernels (the caller's setting is restored afterwards). A run that reaches ``max_steps``
+    removes its checkpoint (only an interrupted run leaves one); a :class:`TrainingError` if another run
+    holds ``ckpt_dir``'s lock.
     """
-    with deterministic_algorithms(cfg.deterministic):
+    with deterministic_algorithms(cfg.deterministic), contextlib.ExitStack() as stack:
         return _train(model, dataset, collate, cfg, ckpt_dir, loss_log, fingerprint, extra_loss, after_step,
-                      extra_params, desc)
+                      extra_params, desc, stack)
 
 
 def _train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: Collate, cfg: TrainConfig,
            ckpt_dir: str | Path, loss_log: str | Path, fingerprint: dict[str, Any] | None,
            extra_loss: Callable[[torch.nn.Module, dict, Any], torch.Tensor] | None,
            after_step: Callable[[torch.nn.Module, int], None] | None,
-           extra_params: Sequence[torch.nn.Parameter], desc: str) -> dict[str, Any]:
+           extra_params: Sequence[torch.nn.Parameter], desc: str, stack: contextlib.ExitStack) -> dict[str, Any]:
     accelerator = make_accelerator(cfg.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
     torch.set_num_threads(cfg.num_threads)  # after the Accelerator: multi-CPU start-up sets its own
@@ -264,6 +416,7 @@ def _train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: C
         raise ValueError(f"{desc}: a global batch of {min(len(dataset), cfg.batch_size)} item(s) cannot be split "
                          f"over {world} process(es) x {accum} accumulation step(s); raise train.batch_size "
                          f"or lower the process count / train.grad_accum_steps")
+    config_digest = model_config_digest(model)  # before activation checkpointing or wrapping touch it
     checkpointing_set = cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable") \
         and not _is_checkpointing(model)
     if checkpointing_set:
@@ -284,23 +437,41 @@ def _train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: C
     init_digest = weights_digest(accelerator.unwrap_model(model), extra_params)
 
     ckpt_dir, loss_log = Path(ckpt_dir), Path(loss_log)
-    # what a checkpoint must share to be resumed: the config, the caller's run description, the
-    # starting weights (a changed base model), the training rows (ids, texts, audio lengths: a regenerated corpus differs) and the collator's
-    # tokenizer/features (a retrained tokenizer differs); anything else starts fresh
-    fp = getattr(collate, "fingerprint", None)
-    stamp = {"train": asdict(cfg), "run": fingerprint or {}, "init": init_digest, "n_items": len(dataset),
-             "data": data_digest(dataset),
-             "collate": fp() if callable(fp) else None}
+    # what a checkpoint must share to be resumed (run_identity); anything else starts fresh
+    stamp = run_identity(config_digest, dataset, collate, cfg, fingerprint, init_digest)
+    lock_error: TrainingError | None = None
+    if accelerator.is_main_process:  # one lock per run, taken by its main process
+        try:
+            stack.enter_context(checkpoint_lock(ckpt_dir, desc))
+        except TrainingError as err:
+            lock_error = err
+    if world > 1:
+        failed = accelerator.gather(torch.tensor([float(lock_error is not None)], device=accelerator.device))
+        if lock_error is None and float(failed.sum()) > 0:
+            lock_error = TrainingError(f"{desc}: checkpoint directory {ckpt_dir} is in use by another training run")
+    if lock_error is not None:
+        raise lock_error
+    state_file = ckpt_dir / STATE_FILE
+    if accelerator.is_main_process:  # repair, then keep only a checkpoint of this very run
+        recover_interrupted_save(ckpt_dir, accelerator.print, desc)
+        if ckpt_dir.exists():
+            saved = read_trainer_state(state_file)
+            if saved is None:
+                accelerator.print(f"{desc}: {state_file} is missing, truncated or corrupt: starting fresh "
+                                  f"(removing {ckpt_dir})")
+                remove_checkpoint(ckpt_dir)
+            elif saved.get("fingerprint") != stamp:
+                differs = " / ".join(identity_differences(saved.get("fingerprint"), stamp))
+                accelerator.print(f"{desc}: checkpoint in {ckpt_dir} is for another run (differs in: {differs}): "
+                                  f"starting fresh (removing it)")
+                remove_checkpoint(ckpt_dir)
+    accelerator.wait_for_everyone()
     start, rows = 0, []
-    state_file = ckpt_dir / "trainer_state.json"
-    if state_file.is_file():
-        saved = json.loads(state_file.read_text())
-        if saved.get("fingerprint") == json.loads(json.dumps(stamp)):
-            accelerator.load_state(str(ckpt_dir / "state"))
-            start, rows = int(saved["step"]), saved["log"]
-            accelerator.print(f"{desc}: resuming from step {start} ({ckpt_dir})")
-        else:
-            accelerator.print(f"{desc}: checkpoint in {ckpt_dir} is from another config; starting fresh")
+    saved = read_trainer_state(state_file) if state_file.is_file() else None
+    if saved is not None and saved.get("fingerprint") == stamp:
+        accelerator.load_state(str(ckpt_dir / "state"))
+        start, rows = int(saved["step"]), saved["log"]
+        accelerator.print(f"{desc}: resuming from step {start} ({ckpt_dir})")
     if world > 1:
         starts = accelerator.gather(torch.tensor([start], device=accelerator.device)).tolist()
         if len(set(starts)) != 1:
@@ -308,8 +479,10 @@ def _train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: C
                                 f"{ckpt_dir} on storage that every process sees?")
 
     def save(step: int) -> None:
-        # every process saves its RNG state; the main one writes weights, optimiser, scheduler, log
-        tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
+        # every process saves its RNG state; the main one writes weights, optimiser, scheduler, log.
+        # Atomic: the new checkpoint is complete in .tmp (trainer_state.json written last) before the old
+        # one is renamed aside to .old; recover_interrupted_save repairs a crash in between.
+        tmp, old = _sibling(ckpt_dir, ".tmp"), _sibling(ckpt_dir, ".old")
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -317,9 +490,14 @@ def _train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: C
         accelerator.save_state(str(tmp / "state"))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "fingerprint": stamp, "log": rows}))
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            part = tmp / (STATE_FILE + ".part")
+            part.write_text(json.dumps({"step": step, "fingerprint": stamp, "log": rows}))
+            part.replace(tmp / STATE_FILE)
+            if ckpt_dir.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                ckpt_dir.rename(old)
             tmp.rename(ckpt_dir)
+            shutil.rmtree(old, ignore_errors=True)
             _write_log(loss_log, rows)
         accelerator.wait_for_everyone()  # nobody reads ckpt_dir before it is complete
 
@@ -397,8 +575,8 @@ def _train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: C
                          "lr": scheduler.get_last_lr()[0]})
             bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
             stop = stop_now()
-            if (step + 1) % cfg.checkpoint_every == 0 or stop:
-                save(step + 1)
+            if ((step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps) or stop:
+                save(step + 1)  # the last step needs none: a finished run removes its checkpoint
             if stop:
                 accelerator.print(f"{desc}: interrupted after step {step + 1}; checkpoint saved in "
                                   f"{ckpt_dir}, run again to resume")
@@ -406,8 +584,9 @@ def _train(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], collate: C
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-    save(cfg.max_steps)
-    if accelerator.is_main_process:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:  # finished: its checkpoint must never stand in for a later run
+        remove_checkpoint(ckpt_dir)
         _write_log(loss_log, rows)
     model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # drop the autocast forward
     if checkpointing_set:
