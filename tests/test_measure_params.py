@@ -40,7 +40,8 @@ def test_real_track_merges_real_measure(cfg: dict[str, Any]) -> None:
     mcfg, _, corpora = validate_measure_params(cfg, "real_dense", "base_en_real")
     assert corpora == "real_corpora"
     assert mcfg["latency_utterances"] == cfg["real_measure"]["latency_utterances"]
-    assert mcfg["batch_size"] == cfg["measure"]["batch_size"]
+    assert mcfg["bootstrap_resamples"] == cfg["measure"]["bootstrap_resamples"]  # not overridden: kept
+    assert "max_new_tokens" not in cfg["measure"] and mcfg["max_new_tokens"] == cfg["real_measure"]["max_new_tokens"]
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

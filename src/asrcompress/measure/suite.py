@@ -45,6 +45,8 @@ MEASURE_SCHEMA: dict[str, Spec] = {
     "num_threads": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "bootstrap_resamples": _POSITIVE_INT,
     "latency_utterances": _POSITIVE_INT, "rss_utterances": _POSITIVE_INT,
     "real_scale_tokens": _POSITIVE_INT, "real_scale_repeats": _POSITIVE_INT,
+    # cap on generated tokens per utterance (null: the model's generation config, max_length)
+    "max_new_tokens": Spec(int, required=False, min=1),
 }
 # one entry of `dense`, `real_dense`, `real_dense_synth` or `variants`
 VARIANT_SCHEMA: dict[str, Spec] = {
@@ -106,7 +108,8 @@ def _whisper_batch_features(processor: Any, rows: list[dict[str, Any]]) -> torch
 
 
 def _per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], language: str,
-                     reference: torch.nn.Module | None, ref_processor: Any, seed: int) -> dict[str, Any]:
+                     reference: torch.nn.Module | None, ref_processor: Any, seed: int,
+                     max_new_tokens: int | None = None) -> dict[str, Any]:
     """Batch-1 greedy decode of each row, variant and reference interleaved per utterance."""
     fns: dict[str, list] = {"variant": [], "reference": []}
     for row in rows:
@@ -115,7 +118,8 @@ def _per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str
                 continue
             feats = _whisper_batch_features(p, [row])
             fns[name].append(lambda m=m, f=feats: m.generate(f, **prompt_kwargs(m, language),
-                                                            num_beams=1, do_sample=False))
+                                                            num_beams=1, do_sample=False,
+                                                            max_new_tokens=max_new_tokens))
     names = [n for n in fns if fns[n]]
     for n in names:  # warm-up
         fns[n][0]()
@@ -163,8 +167,8 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
 
     ``mcfg`` is the ``measure`` params section: ``num_threads``, ``batch_size``,
     ``bootstrap_resamples``, ``latency_utterances``, ``rss_utterances``, ``real_scale_repeats``,
-    ``real_scale_tokens`` and ``device`` (where the batched WER decoding runs; its peak CUDA memory is
-    ``cuda_peak_mib``). Batch-1 latency, FLOPs and real-scale timing run on the CPU (``latency_device``).
+    ``real_scale_tokens``, ``device`` (where the batched WER decoding runs; its peak CUDA memory is
+    ``cuda_peak_mib``) and optionally ``max_new_tokens`` (a cap on generated tokens). Batch-1 latency, FLOPs and real-scale timing run on the CPU (``latency_device``).
     """
     latency.set_threads(int(mcfg["num_threads"]))
     model, processor = load_variant(model_dir)
@@ -185,7 +189,8 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
 
     def decode() -> None:
         t0 = time.perf_counter()
-        decoded["out"] = transcribe_whisper(model, processor, rows, language, int(mcfg["batch_size"]))
+        decoded["out"] = transcribe_whisper(model, processor, rows, language, int(mcfg["batch_size"]),
+                                             max_new_tokens=mcfg.get("max_new_tokens"))
         decoded["seconds"] = time.perf_counter() - t0
 
     cuda_peak = memory.cuda_peak_mib(decode) if device.startswith("cuda") else decode()
@@ -209,7 +214,8 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
     if reference_dir is not None and Path(reference_dir).resolve() != Path(model_dir).resolve():
         reference, ref_processor = load_variant(reference_dir)
     lat_rows = rows[: int(mcfg["latency_utterances"])]
-    metrics.update(_per_utt_latency(model, processor, lat_rows, language, reference, ref_processor, seed))
+    metrics.update(_per_utt_latency(model, processor, lat_rows, language, reference, ref_processor, seed,
+                                    mcfg.get("max_new_tokens")))
 
     # peak RSS of a separate process transcribing test utterances ---------------------------
     with tempfile.TemporaryDirectory() as tmp:
