@@ -28,17 +28,18 @@ What it measures:
 3. Peak memory: per engine a fresh interpreter (``sys.executable benchmarks/bench_anchor.py --child ENGINE``,
    started by ``subprocess``, not a fork) imports only its engine's libraries, records its RSS, loads the
    engine, transcribes the first 8 utterances and prints its own ``VmHWM`` (peak RSS) as JSON; delta = peak -
-   RSS before loading. The child reads ``/proc/self/status`` itself (same fields as
-   ``asrcompress.measure.memory.proc_status_kib``/``own_peak_rss``): that module imports torch, which a
-   faster-whisper user never loads (~190 MiB of RSS), so the faster-whisper child stays torch-free. The
+   RSS before loading. The child reads ``/proc/self/status`` through ``asrcompress.measure.proc_status``,
+   which does not import torch: a faster-whisper user never loads it (~190 MiB of RSS), so the
+   faster-whisper child stays torch-free. The
    parent's polled VmRSS (``peak_rss_subprocess``) is kept in the JSON as a cross-check.
 
 Run: ``.venv/bin/python benchmarks/bench_anchor.py [--threads 2] [--utterances 100] [--timing-utterances 20]
 [--rounds 3]`` (about 8-10 minutes on 2 idle cores, longer beside other jobs: ~5 min of WER passes, ~2 min
 of timing, ~1-2 min of memory probes; ``--utterances 3 --timing-utterances 2 --rounds 1`` is a 2-3 minute
 smoke run). Writes ``reports/real/anchor.md`` (the table) and ``reports/real/anchor.json`` (all figures, raw
-timings and transcripts). Run it directly, not through ``make`` (whose ``ATEN_CPU_CAPABILITY=avx2``
-would pin torch's kernels below what CTranslate2 uses on an AVX-512 CPU); the kernels are recorded. On a busy
+timings and transcripts). ``import asrcompress`` pins torch to its AVX2 kernels (as the measure stages
+run) unless ``ATEN_CPU_CAPABILITY`` is set: ``ATEN_CPU_CAPABILITY=default`` gives torch the kernels
+CTranslate2 also picks on an AVX-512 CPU; the kernels are recorded. On a busy
 machine the 1-minute load average (printed) tells how much other processes inflated the timings.
 """
 
@@ -170,21 +171,6 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------ engines
-def _status_kib() -> dict[str, int]:
-    """``kB`` fields of ``/proc/self/status`` (as ``measure.memory.proc_status_kib``, without importing torch)."""
-    out: dict[str, int] = {}
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        parts = value.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0])
-    return out
-
-
 def fw_transcriber(model: Any) -> Callable[[np.ndarray], str]:
     def run(audio: np.ndarray) -> str:
         segments, _info = model.transcribe(audio, **FW_OPTIONS)
@@ -238,9 +224,11 @@ def child_main(engine: str, ct2_dir: str, model_dir: str, audio_npz: str, thread
         torch.set_num_threads(threads)
     else:
         import faster_whisper  # noqa: F401
+    from asrcompress.measure.proc_status import proc_status_kib  # torch-free
+
     with np.load(audio_npz) as z:
         audios = [z[k] for k in sorted(z.files, key=int)]
-    before = _status_kib()
+    before = proc_status_kib()
     t0 = time.perf_counter()
     if engine == "ours":
         run = ours_transcriber(*load_ours(Path(model_dir)))
@@ -250,7 +238,7 @@ def child_main(engine: str, ct2_dir: str, model_dir: str, audio_npz: str, thread
     t0 = time.perf_counter()
     texts = [run(a) for a in audios]
     run_s = time.perf_counter() - t0
-    after = _status_kib()
+    after = proc_status_kib()
     peak = after["VmHWM"] / 1024
     result = {"engine": engine, "peak_rss_mib": peak, "baseline_rss_mib": before["VmRSS"] / 1024,
               "peak_rss_delta_mib": peak - before["VmRSS"] / 1024, "baseline_hwm_mib": before["VmHWM"] / 1024,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from asrcompress.measure.params import unique_named_tensors
+from asrcompress.measure.proc_status import own_peak_rss, proc_status_kib  # noqa: F401 (re-exported)
 
 MIB = 2**20
 
@@ -71,36 +71,6 @@ def memory_metrics(model: nn.Module, checkpoint_dir: str | os.PathLike | None = 
         out["checkpoint_bytes"] = dir_size_bytes(checkpoint_dir)
         out["checkpoint_mib"] = out["checkpoint_bytes"] / MIB
     return out
-
-
-def proc_status_kib(pid: int | str = "self") -> dict[str, int]:
-    """The ``kB`` fields of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``, ...) in KiB; ``{}``
-    where there is no such file (not Linux, or the process is gone or a zombie has no ``Vm*``)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        parts = value.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0])
-    return out
-
-
-def own_peak_rss() -> tuple[float, str]:
-    """This process's peak RSS in MiB and where it comes from: ``VmHWM`` of ``/proc/self/status``
-    (Linux; a fresh ``mm`` after exec, so only this program's own memory) or, elsewhere,
-    ``ru_maxrss`` of ``getrusage(RUSAGE_SELF)`` (which on Linux would include the parent's
-    high-water mark at the time it spawned this process)."""
-    hwm = proc_status_kib().get("VmHWM")
-    if hwm is not None:
-        return hwm / 1024, "VmHWM"
-    import resource
-
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (maxrss / MIB if sys.platform == "darwin" else maxrss / 1024), "ru_maxrss"
 
 
 def peak_rss_subprocess(argv: list[str], timeout_s: float | None = 600, poll_s: float = 0.02,
