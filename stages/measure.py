@@ -35,7 +35,7 @@ def main(key: str, metrics_path: str, hyps_path: str) -> None:
         ref_metrics = read_json(Path(metrics_path).with_name(f"{reference}.json"))
         ref_hyps = Path(hyps_path).with_name(f"{reference}.jsonl")
         ref_errors = [json.loads(line)["errors"] for line in ref_hyps.read_text().splitlines()]
-    rows = load_split(f"data/corpora/{corpus}", "test")
+    rows = load_split(f"data/corpora/{corpus}", "test")[: variant.get("test_utterances")]
     metrics, hyps = measure_variant(
         variant["model"], rows, get(cfg, f"{corpora}.{corpus}.whisper_language", str),
         get(cfg, f"{corpora}.{corpus}.normalizer", str), mcfg,

@@ -119,3 +119,12 @@ def test_check_section_generic() -> None:
     with pytest.raises(ParamError, match=r"train\.zzz: unknown key; known: \['lr', 'opt'\]"):
         check_section({"lr": 1, "zzz": 0}, "train", schema)
     assert set(MEASURE_SCHEMA) >= {"batch_size", "device", "latency_utterances"}
+
+
+def test_test_utterances_is_a_positive_int(cfg: dict[str, Any]) -> None:
+    _, variant, _ = validate_measure_params(cfg, "real_dense_synth", "base_en_synth")
+    assert variant["test_utterances"] == 100
+    bad = copy.deepcopy(cfg)
+    bad["real_dense_synth"]["base_en_synth"]["test_utterances"] = 0
+    with pytest.raises(ParamError, match=r"real_dense_synth\.base_en_synth\.test_utterances: must be >= 1"):
+        validate_measure_params(bad, "real_dense_synth", "base_en_synth")

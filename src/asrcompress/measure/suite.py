@@ -52,6 +52,8 @@ MEASURE_SCHEMA: dict[str, Spec] = {
 VARIANT_SCHEMA: dict[str, Spec] = {
     "model": Spec(str), "corpus": Spec(str),
     "reference": Spec(str, required=False), "real_scale": Spec(str, required=False),
+    # score only the first N utterances of the test split (a variant must use its reference's N)
+    "test_utterances": Spec(int, required=False, min=1),
 }
 REFERENCE_SECTIONS = ("dense", "real_dense")
 
