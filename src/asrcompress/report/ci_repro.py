@@ -184,7 +184,7 @@ def main() -> int:
     for stage, sec, together in timed:
         print(f"  {sec:7.1f}  {'||' if together else '  '} {stage}")
     print(f"timing on {cores} cores, every stage forced: foundation ({len(foundation)} stages) {t1 - t0:.0f} s, "
-          f"whole smoke reproduction ({len(foundation) + len(rest)} stages) {t2 - t0:.0f} s")
+          f"whole reproduction (smoke graph and real track) ({len(foundation) + len(rest)} stages) {t2 - t0:.0f} s")
     return rc
 
 
