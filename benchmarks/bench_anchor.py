@@ -48,12 +48,10 @@ machine the 1-minute load average (printed) tells how much other processes infla
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -64,6 +62,8 @@ from typing import Any
 
 import numpy as np
 
+from asrcompress.models.real_checkpoints import ct2_directory, sha256_file  # torch-free
+
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = ("ours", "fw_float32", "fw_int8")
 LABELS = {"ours": "transformers fp32 (ours)", "fw_float32": "faster-whisper float32",
@@ -73,39 +73,18 @@ FW_OPTIONS: dict[str, Any] = dict(language="en", task="transcribe", beam_size=1,
                                   without_timestamps=True, vad_filter=False, condition_on_previous_text=False)
 LANGUAGE = "en"
 NORMALIZER = "english"
-META_FILES = ("config.json", "tokenizer.json", "vocabulary.json", "vocabulary.txt", "preprocessor_config.json")
 MEMORY_UTTERANCES = 8
 MIB = 2**20
 
 
 # ------------------------------------------------------------------------------ pure helpers
-def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def assemble_ct2_dir(parts: Sequence[Path], meta_dir: Path, out_dir: Path, expected_sha256: str) -> Path:
-    """A CTranslate2 model directory for faster-whisper: ``model.bin`` = the parts concatenated in order,
-    its sha256 checked against ``expected_sha256`` (ValueError otherwise), plus the meta files found in
-    ``meta_dir`` (``config.json`` and ``tokenizer.json`` required)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_bin = out_dir / "model.bin"
-    with model_bin.open("wb") as dst:
-        for part in parts:
-            with Path(part).open("rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 22)
-    digest = sha256_file(model_bin)
+    """The CTranslate2 directory faster-whisper loads (``real_checkpoints.ct2_directory``), its
+    ``model.bin`` checked against ``expected_sha256`` (ValueError otherwise)."""
+    ct2_directory(parts, meta_dir, out_dir)
+    digest = sha256_file(out_dir / "model.bin")
     if digest != expected_sha256.lower():
-        raise ValueError(f"{model_bin}: sha256 {digest} != expected {expected_sha256} (parts {list(parts)})")
-    for name in ("config.json", "tokenizer.json"):
-        if not (meta_dir / name).is_file():
-            raise FileNotFoundError(f"{meta_dir / name}: missing (faster-whisper needs it)")
-    for name in META_FILES:
-        if (meta_dir / name).is_file():
-            shutil.copyfile(meta_dir / name, out_dir / name)
+        raise ValueError(f"{out_dir / 'model.bin'}: sha256 {digest} != expected {expected_sha256} (parts {list(parts)})")
     return out_dir
 
 

@@ -12,7 +12,6 @@ A difference here would be a conversion difference; faster-whisper's 22/100 diff
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from transformers import WhisperProcessor
 
 from asrcompress.config import get, load_params
 from asrcompress.io import load_split
-from asrcompress.models.real_checkpoints import assemble, locate
+from asrcompress.models.real_checkpoints import ct2_directory, locate
 from asrcompress.text.normalize import get_normalizer
 
 PROMPT = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
@@ -35,10 +34,8 @@ def main() -> None:
     ours = {r["id"]: r["hyp"] for r in map(json.loads, Path("reports/hyps/base_en_real.jsonl").read_text().splitlines())}
     processor = WhisperProcessor.from_pretrained("data/models/real/whisper_base")
     with tempfile.TemporaryDirectory() as tmp:
-        assemble([locate(f) for f in spec["files"]], Path(tmp) / "model.bin")
-        for name in ("config.json", "tokenizer.json", "vocabulary.json"):
-            shutil.copy(locate(spec["meta_dir"]) / name, Path(tmp) / name)
-        engine = ctranslate2.models.Whisper(tmp, device="cpu", compute_type="float32", intra_threads=2)
+        ct2_dir = ct2_directory([locate(f) for f in spec["files"]], locate(spec["meta_dir"]), Path(tmp) / "ct2")
+        engine = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32", intra_threads=2)
         differ = []
         for r in rows:
             feats = processor.feature_extractor([np.asarray(r["audio"]["array"], dtype=np.float32)],

@@ -37,18 +37,18 @@ def transcribe_whisper(model: torch.nn.Module, processor: Any, rows: Sequence[di
     window) raises :class:`~asrcompress.data.audio.AudioError` naming the row's ``id``.
     """
     window = processor.feature_extractor.n_samples
-    for i, row in enumerate(rows):
-        check_row_audio(row["audio"]["array"], str(row.get("id", f"row {i}")), window)
+    arrays = [check_row_audio(row["audio"]["array"], str(row.get("id", f"row {i}")), window)
+              for i, row in enumerate(rows)]
     model.eval()
     order = list(range(len(rows)))
     if sort_by_length:
-        order.sort(key=lambda i: -len(rows[i]["audio"]["array"]))
+        order.sort(key=lambda i: -arrays[i].size)
     hyps: list[str] = [""] * len(rows)
     lengths: list[int] = [0] * len(rows)
     eot = model.generation_config.eos_token_id
     for start in tqdm(range(0, len(rows), batch_size), desc="decode", disable=not progress, mininterval=5):
         idx = order[start:start + batch_size]
-        audio = [check_row_audio(rows[i]["audio"]["array"], str(rows[i].get("id", f"row {i}"))) for i in idx]
+        audio = [arrays[i] for i in idx]
         feats = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
         out = model.generate(feats.to(model.device, model.dtype), **prompt_kwargs(model, language),
                              num_beams=1, do_sample=False, max_new_tokens=max_new_tokens)

@@ -270,7 +270,6 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, *, model_bin: 
     points elsewhere). With ``expected_sha256`` the model file's digest is checked first and a
     mismatch refused. Returns a record: source digest, spec, dtypes, dimensions, parameter count.
     """
-    import hashlib
 
     from transformers import (
         WhisperConfig,
@@ -279,6 +278,7 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, *, model_bin: 
         WhisperTokenizer,
     )
 
+    from asrcompress.models.real_checkpoints import sha256_file
     from asrcompress.models.whisper import build_feature_extractor
 
     ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
@@ -287,11 +287,7 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, *, model_bin: 
         if not need.is_file():
             raise FileNotFoundError(f"{need}: missing; a CTranslate2 Whisper directory holds model.bin, "
                                     "config.json and tokenizer.json")
-    digest = hashlib.sha256()
-    with model_bin.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    sha = digest.hexdigest()
+    sha = sha256_file(model_bin)
     if expected_sha256 and sha != expected_sha256:
         raise CT2FormatError(f"{model_bin}: sha256 {sha} differs from the expected {expected_sha256} "
                              "(incomplete download, wrong parts or a different model): refusing to convert")

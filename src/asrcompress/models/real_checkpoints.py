@@ -10,14 +10,16 @@ into a ``save_pretrained`` directory that every stage can start from as a local 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asrcompress.models.ct2_whisper import convert_ct2_whisper
+META_FILES = ("config.json", "tokenizer.json", "vocabulary.json", "vocabulary.txt", "preprocessor_config.json")
 
 
 class MissingPackageError(FileNotFoundError):
@@ -40,13 +42,41 @@ def locate(ref: str, key: str = "real_models") -> Path:
     return path
 
 
-def assemble(parts: list[Path], out: Path) -> Path:
+def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def assemble(parts: Sequence[Path], out: Path) -> Path:
     """Concatenate ``parts`` into ``out`` (streamed, 4 MiB blocks)."""
     with out.open("wb") as dst:
         for part in parts:
-            with part.open("rb") as src:
+            with Path(part).open("rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 22)
     return out
+
+
+def ct2_directory(parts: Sequence[Path], meta_dir: Path, out_dir: Path) -> Path:
+    """A CTranslate2 model directory as faster-whisper and ``convert_ct2_whisper`` read it:
+    ``model.bin`` (the parts concatenated in order; a single part is linked, not copied) and the meta
+    files of ``meta_dir`` (``config.json`` and ``tokenizer.json`` required). Not verified: check
+    ``sha256_file(out_dir / "model.bin")`` (``convert_ct2_whisper`` does, given the digest)."""
+    for name in ("config.json", "tokenizer.json"):
+        if not (meta_dir / name).is_file():
+            raise FileNotFoundError(f"{meta_dir / name}: missing (a CTranslate2 Whisper needs it)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if len(parts) == 1:
+        (out_dir / "model.bin").symlink_to(Path(parts[0]).resolve())
+    else:
+        assemble(parts, out_dir / "model.bin")
+    for name in META_FILES:
+        if (meta_dir / name).is_file():
+            shutil.copyfile(meta_dir / name, out_dir / name)
+    return out_dir
 
 
 def build_real_checkpoint(name: str, spec: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
@@ -63,9 +93,11 @@ def build_real_checkpoint(name: str, spec: Mapping[str, Any], out_dir: str | Pat
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
+    from asrcompress.models.ct2_whisper import convert_ct2_whisper  # torch: only where a model is built
+
     with tempfile.TemporaryDirectory() as tmp:
-        model_bin = parts[0] if len(parts) == 1 else assemble(parts, Path(tmp) / "model.bin")
-        record = convert_ct2_whisper(meta, out_dir, model_bin=model_bin, expected_sha256=str(spec["sha256"]))
+        ct2_dir = ct2_directory(parts, meta, Path(tmp) / "ct2")
+        record = convert_ct2_whisper(ct2_dir, out_dir, expected_sha256=str(spec["sha256"]))
     record.update({"name": name, "packages": sorted({f.split(":", 1)[0] for f in files}),
                    "source_file": list(files)})  # package:path, not this machine's site-packages path
     return record
