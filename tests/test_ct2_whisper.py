@@ -194,3 +194,15 @@ def test_real_model_source_names_the_stage_that_builds_it(tmp_path: Path, monkey
     (tmp_path / "data/models/real/whisper_base").mkdir(parents=True)
     (tmp_path / "data/models/real/whisper_base/config.json").write_text("{}")
     assert resolve_source("real:whisper_base") == "data/models/real/whisper_base"
+
+
+def test_real_checkpoint_output_does_not_depend_on_where_it_was_built(tmp_path: Path) -> None:
+    """conversion.json inside the model directory names the package files, not a temporary path, so
+    two builds are byte-identical (a DVC output that moved would re-run every measurement after it)."""
+    from asrcompress.config import load_params
+
+    spec = load_params()["real_models"]["whisper_tiny_en"]
+    build_real_checkpoint("whisper_tiny_en", spec, tmp_path / "a")
+    build_real_checkpoint("whisper_tiny_en", spec, tmp_path / "b")
+    a, b = (json.loads((tmp_path / d / "conversion.json").read_text()) for d in ("a", "b"))
+    assert a == b and a["source_file"] == spec["files"]

@@ -263,12 +263,14 @@ def _generation_config(tokenizer: Any, ct2_config: Mapping[str, Any], multilingu
 
 
 def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, *, model_bin: str | Path | None = None,
-                        expected_sha256: str | None = None) -> dict[str, Any]:
+                        expected_sha256: str | None = None, source: str | list[str] | None = None) -> dict[str, Any]:
     """Convert a CTranslate2 Whisper directory into a ``save_pretrained`` model + processor in ``out_dir``.
 
     ``ct2_dir`` holds ``config.json`` and ``tokenizer.json`` (and ``model.bin`` unless ``model_bin``
     points elsewhere). With ``expected_sha256`` the model file's digest is checked first and a
-    mismatch refused. Returns a record: source digest, spec, dtypes, dimensions, parameter count.
+    mismatch refused. Returns a record (also written to ``out_dir/conversion.json``): ``source``
+    (default: the model file's path; give a machine-independent name to keep the output reproducible),
+    source digest, spec, dtypes, dimensions, parameter count.
     """
 
     from transformers import (
@@ -326,7 +328,7 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path, *, model_bin: 
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     stored = sorted({str(t.dtype).replace("torch.", "") for t in m.variables.values() if t.dim() > 1})
-    record = {"source_file": str(model_bin), "source_sha256": sha, "source_bytes": model_bin.stat().st_size,
+    record = {"source_file": source if source is not None else str(model_bin), "source_sha256": sha, "source_bytes": model_bin.stat().st_size,
               "ct2_spec": m.spec, "ct2_spec_revision": m.revision, "ct2_binary_version": m.binary_version,
               "stored_dtypes": stored, "multilingual": multilingual, "encoder_attention_heads": enc_heads,
               "decoder_attention_heads": dec_heads, **dims,

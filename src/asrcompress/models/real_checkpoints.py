@@ -97,7 +97,7 @@ def build_real_checkpoint(name: str, spec: Mapping[str, Any], out_dir: str | Pat
 
     with tempfile.TemporaryDirectory() as tmp:
         ct2_dir = ct2_directory(parts, meta, Path(tmp) / "ct2")
-        record = convert_ct2_whisper(ct2_dir, out_dir, expected_sha256=str(spec["sha256"]))
-    record.update({"name": name, "packages": sorted({f.split(":", 1)[0] for f in files}),
-                   "source_file": list(files)})  # package:path, not this machine's site-packages path
+        record = convert_ct2_whisper(ct2_dir, out_dir, expected_sha256=str(spec["sha256"]),
+                                     source=list(files))  # package:path, not a temporary path
+    record.update({"name": name, "packages": sorted({f.split(":", 1)[0] for f in files})})
     return record
