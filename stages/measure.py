@@ -40,7 +40,8 @@ def main(key: str, metrics_path: str, hyps_path: str) -> None:
         variant["model"], rows, get(cfg, f"{corpora}.{corpus}.whisper_language", str),
         get(cfg, f"{corpora}.{corpus}.normalizer", str), mcfg,
         derive_seed(get(cfg, "seed", int), "measure", key), reference_dir=ref_dir,
-        reference_metrics=ref_metrics, reference_errors=ref_errors, real_scale=variant.get("real_scale"))
+        reference_metrics=ref_metrics, reference_errors=ref_errors, real_scale=variant.get("real_scale"),
+        extra_normalizers=variant.get("extra_normalizers") or ())
     metrics = {"variant": key, "reference": reference, **metrics}
     write_json(metrics_path, metrics)
     write_jsonl(hyps_path, hyps)

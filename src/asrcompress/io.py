@@ -1,7 +1,8 @@
-"""Small I/O helpers shared by the stages: JSON/JSONL writing, loading a split, stage logging."""
+"""Small I/O helpers shared by the stages: JSON/JSONL/CSV writing, loading a split, stage logging."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import sys
@@ -31,6 +32,22 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     with path.open("w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Write ``rows`` (dicts) as CSV with a header: ``columns`` in that order (keys a row lacks are
+    blank, keys not listed are dropped), or the keys of the first row. No rows and no columns: an
+    error naming the file, not an empty file that a reader would take for a result."""
+    rows = list(rows)
+    cols = columns if columns is not None else (list(rows[0]) if rows else None)
+    if not cols:
+        raise ValueError(f"{path}: nothing to write (no rows and no columns)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_json(path: str | Path) -> Any:

@@ -54,6 +54,8 @@ VARIANT_SCHEMA: dict[str, Spec] = {
     "reference": Spec(str, required=False), "real_scale": Spec(str, required=False),
     # score only the first N utterances of the test split (a variant must use its reference's N)
     "test_utterances": Spec(int, required=False, min=1),
+    # further normalisers: ``wer_<name>_pct`` (+ CI, CER) beside the corpus normaliser's ``wer_pct``
+    "extra_normalizers": Spec(list, required=False),
 }
 REFERENCE_SECTIONS = ("dense", "real_dense")
 
@@ -92,6 +94,11 @@ def validate_measure_params(cfg: Mapping[str, Any], section: str,
         get_normalizer(normalizer)
     except ValueError as exc:
         raise ParamError(f"params.yaml: {corpora}.{corpus}.normalizer: {exc}") from exc
+    for i, extra in enumerate(variant.get("extra_normalizers") or []):
+        try:
+            get_normalizer(extra)
+        except (ValueError, TypeError) as exc:
+            raise ParamError(f"params.yaml: {name}.extra_normalizers[{i}]: {exc}") from exc
     return mcfg, variant, corpora
 
 
@@ -160,7 +167,8 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
                     mcfg: Mapping[str, Any], seed: int, reference_dir: str | Path | None = None,
                     reference_metrics: Mapping[str, Any] | None = None,
                     reference_errors: list[int] | None = None,
-                    real_scale: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                    real_scale: str | None = None,
+                    extra_normalizers: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure one Whisper variant on ``rows`` (its test split). Returns (metrics, hypotheses rows).
 
     With a reference (its directory, its metrics and its per-utterance errors from its hypotheses
@@ -200,6 +208,10 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
     (hyps, lengths), decode_s = decoded["out"], decoded["seconds"]
     refs = [r["text"] for r in rows]
     metrics.update(score(refs, hyps, normalizer, n_resamples=int(mcfg["bootstrap_resamples"]), seed=seed))
+    for extra in extra_normalizers:  # the same hypotheses under another normaliser
+        res = score(refs, hyps, extra, n_resamples=int(mcfg["bootstrap_resamples"]), seed=seed)
+        metrics.update({f"{k.replace('_pct', '')}_{extra}_pct": res[k]
+                        for k in ("wer_pct", "wer_ci_low_pct", "wer_ci_high_pct", "cer_pct")})
     audio_s = float(sum(r["duration"] for r in rows))
     metrics.update({"test_utterances": len(rows), "test_audio_s": audio_s, "decode_device": device,
                     "rtfx_batched": audio_s / decode_s, "mean_decoded_tokens": float(np.mean(lengths))})

@@ -1,0 +1,51 @@
+"""compare@<key>: one measured variant against another, paired, on the same test utterances.
+
+    python stages/compare.py <key> <metrics-json>
+
+``comparisons.<key>`` in params.yaml names ``variant`` and ``baseline``: keys of ``dense``,
+``variants``, ``real_dense`` or ``real_dense_synth`` whose ``measure`` stages wrote
+``reports/metrics/<name>.json`` and ``reports/hyps/<name>.jsonl`` (dvc.yaml lists them as deps).
+Use it where the right baseline is not the dense reference: a compressed model against a control
+with the same extra training, or two methods at a matched budget.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from asrcompress.config import Spec, check_section, derive_seed, get, load_params
+from asrcompress.io import log, read_json, setup_logging, write_json
+from asrcompress.measure.compare import compare_variants
+
+SCHEMA = {"variant": Spec(str), "baseline": Spec(str)}
+MEASURED = ("dense", "variants", "real_dense", "real_dense_synth")
+
+
+def _measured(cfg: dict, name: str, dotted: str, metrics_dir: Path) -> tuple[dict, list[dict]]:
+    if not any(name in (cfg.get(s) or {}) for s in MEASURED):
+        raise ValueError(f"params.yaml: {dotted}: {name!r} is not a key of {', '.join(MEASURED)}")
+    hyps_path = metrics_dir.parent / "hyps" / f"{name}.jsonl"
+    rows = [json.loads(line) for line in hyps_path.read_text().splitlines() if line.strip()]
+    return read_json(metrics_dir / f"{name}.json"), rows
+
+
+def main(key: str, metrics_path: str) -> None:
+    setup_logging()
+    cfg = load_params()
+    entry = check_section(get(cfg, f"comparisons.{key}"), f"comparisons.{key}", SCHEMA)
+    metrics_dir = Path(metrics_path).parent
+    variant, v_hyps = _measured(cfg, entry["variant"], f"comparisons.{key}.variant", metrics_dir)
+    baseline, b_hyps = _measured(cfg, entry["baseline"], f"comparisons.{key}.baseline", metrics_dir)
+    out = compare_variants(variant, v_hyps, baseline, b_hyps, get(cfg, "measure.bootstrap_resamples", int),
+                           derive_seed(get(cfg, "seed", int), "compare", key),
+                           names=(entry["variant"], entry["baseline"]))
+    write_json(metrics_path, {"comparison": key, **entry, **out})
+    log.info("compare@%s: %s vs %s: WER %+.2f pts [%.2f, %.2f], p(worse) %.3g", key, entry["variant"],
+             entry["baseline"], out["wer_delta_abs"], out["wer_delta_ci_low_pct"] or float("nan"),
+             out["wer_delta_ci_high_pct"] or float("nan"), out["p_value_worse"] or float("nan"))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
