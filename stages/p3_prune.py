@@ -94,7 +94,7 @@ def main(model_dir: str, corpus_dir: str, sensitivity_path: str, csv_path: str, 
     final = f"sensitivity_s{round(100 * max(targets))}"
     metrics = headline_metrics(table, final)
     write_json(metrics_path, metrics)
-    log.info("p3_prune: -> %s, %s, %s; dense %.2f%%, %s %.2f%% at %.1f%% sparsity", csv_path, png_path,
+    log.info("p3_prune: -> %s, %s, %s; dense %.2f%%, %s %.2f%% (%.1f%% of all parameters zero)", csv_path, png_path,
              metrics_path, metrics["dense_wer_pct"], final, metrics.get(f"{final}_wer_pct", float("nan")),
              metrics.get("final_sparsity_pct", float("nan")))
 

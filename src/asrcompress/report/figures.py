@@ -12,6 +12,8 @@ what was timed. Nothing here knows a result; a missing metrics file just leaves 
 * ``reports/figures/speedup.png``: speed-up bars against the dense reference timed in the same run,
   the smoke model at batch 1 beside the same structure on the real Whisper-small architecture;
 * ``reports/tables/variants.md`` / ``.csv``: every point as a row.
+
+Paper 3's stage figures are drawn here too (``plot_p3_sweeps``, ``plot_p3_sensitivity``, at the end).
 """
 
 from __future__ import annotations
