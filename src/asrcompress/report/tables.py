@@ -105,7 +105,8 @@ def _near_zero(check: Mapping[str, Any], figures: Mapping[str, Any] | None, metr
     tol, alpha = float(check["tolerance"]), float(check.get("alpha", 0.05))
     sig = vals["p_worse"] < alpha
     inside = -tol <= vals["ci_low"] and vals["ci_high"] <= tol
-    note = (f"near-zero rule: paired bootstrap p(worse) = {vals['p_worse']:.3g} ({'<' if sig else '>='} {alpha:g}: "
+    note = (f"near-zero rule (matches only if the paired bootstrap's p(worse) >= {alpha:g} and the whole 95 % CI "
+            f"of the change lies within +/-{tol:g}): p(worse) = {vals['p_worse']:.3g} ({'<' if sig else '>='} {alpha:g}: "
             f"{'significant' if sig else 'no significant'} degradation), 95 % CI of the change "
             f"[{vals['ci_low']:+.3g}, {vals['ci_high']:+.3g}] {'within' if inside else 'not within'} +/-{tol:g}")
     return ("matches" if inside and not sig else "differs"), note
