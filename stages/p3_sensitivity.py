@@ -21,13 +21,13 @@ from asrcompress.compress.sensitivity import (
     calibration_split,
     component_totals,
     per_param,
-    plot_heatmap,
     sensitivity_scores,
     whisper_loss_fn,
 )
 from asrcompress.config import get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json
 from asrcompress.models.whisper import load_pretrained
+from asrcompress.report.figures import plot_p3_sensitivity
 
 
 def write_csv(path: str, records: list[dict]) -> None:
@@ -57,7 +57,7 @@ def main(model_dir: str, corpus_dir: str, csv_path: str, json_path: str, png_pat
     write_csv(csv_path, records)
     write_json(json_path, {"model": str(source), "calibration_utterances": len(calib), "per_layer": records,
                            "per_component": totals})
-    plot_heatmap(records, png_path, title=f"p3 sensitivity: {Path(str(source)).name}, "
+    plot_p3_sensitivity(records, png_path, title=f"p3 sensitivity: {Path(str(source)).name}, "
                                           f"{records[0]['n_grad']}/{records[0]['n_fisher']} calibration utts")
     by_fisher = sorted(totals, key=lambda t: t["rank_fisher"])
     by_grad = sorted(totals, key=lambda t: t["rank_grad"])

@@ -199,11 +199,11 @@ def test_p3_per_layer_entry_for_a_missing_layer_is_refused():
 def test_p3_compare_scale_beyond_a_ratio_of_one_is_refused():
     r, pl = scale_config({"enc_ffn": 0.5, "conv": 0.3}, {"dec_ffn": [0.25, 0.45]}, 2.0)
     assert r == {"enc_ffn": 1.0, "conv": 0.6} and pl == {"dec_ffn": [0.5, 0.9]}
-    with pytest.raises(ValueError, match=r"p3\.compare_scales: scale 2\.5 takes ratios\.enc_ffn = 0\.5 to 1\.25"):
+    with pytest.raises(ValueError, match=r"p3\.compare_sparsities: scale 2\.5 takes ratios\.enc_ffn = 0\.5 to 1\.25"):
         scale_config({"enc_ffn": 0.5}, None, 2.5)
-    with pytest.raises(ValueError, match=r"p3\.compare_scales: scale 2\.5 takes per_layer\.dec_ffn\[1\]"):
+    with pytest.raises(ValueError, match=r"p3\.compare_sparsities: scale 2\.5 takes per_layer\.dec_ffn\[1\]"):
         scale_config({}, {"dec_ffn": [0.25, 0.45]}, 2.5)
-    with pytest.raises(ValueError, match=r"p3\.compare_scales: scale -1\.0 must be >= 0"):
+    with pytest.raises(ValueError, match=r"p3\.compare_sparsities: scale -1\.0 must be >= 0"):
         scale_config({"enc_ffn": 0.5}, None, -1.0)
 
 

@@ -30,21 +30,21 @@ from asrcompress.compress.p3_oneshot import (
     FINAL_PER_LAYER,
     FINAL_RATIOS,
     component_sparsity,
+    config_sparsity,
     headline_metrics,
     last_layers,
     plan_points,
-    plot_sweeps,
     pruned,
-    run_points,
 )
 from asrcompress.compress.sensitivity import (
     calibration_split,
     component_totals,
     per_param,
-    plot_heatmap,
     sensitivity_scores,
 )
+from asrcompress.measure.masked_sweep import run_points
 from asrcompress.measure.params import count_params
+from asrcompress.report.figures import plot_p3_sensitivity, plot_p3_sweeps
 
 EMB, PROJ = "model.decoder.embed_tokens.weight", "proj_out.weight"
 
@@ -123,7 +123,7 @@ def test_calibration_split_and_heatmap(tmp_path):
             for c in ("enc_ffn", "dec_ffn") for layer in (0, 1)]
     recs.append({"component": "token_embedding", "layer": None, "n_params": 10, "score_grad": 0.0,
                  "score_fisher": 1.0})
-    plot_heatmap(recs, tmp_path / "h.png", "t")
+    plot_p3_sensitivity(recs, tmp_path / "h.png", "t")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -242,36 +242,54 @@ def test_nonzero_count_drops_parameter_count_does_not(tiny_whisper):
 
 
 # ---------------------------------------------------------------------------------------------- experiment
-def test_run_points_end_to_end_with_a_stub_decoder(tmp_path, whisper_features):
-    model = make_tiny_whisper(encoder_layers=3)
-    assert last_layers(3, None) == [2] and last_layers(12, None) == [8, 9, 10, 11] and last_layers(2, 1) == [1]
-    assert len(plan_points(model)) == 1 + 6 + 1 + 2  # the paper's points by default
+def sensitivity_records(model, seed: int = 0) -> list[dict]:
+    """Records in p3_sensitivity's schema for ``model``, with seeded random scores."""
+    g = torch.Generator().manual_seed(seed)
+    recs: dict = {}
+    for info in param_map(model):
+        if info.prunable:
+            r = recs.setdefault((info.component, info.layer), {"component": info.component, "layer": info.layer,
+                                                                "n_params": 0, "score_grad": 0.0, "score_fisher": 0.0})
+            r["n_params"] += info.numel
+            r["score_grad"] += float(torch.rand(1, generator=g)) * info.numel
+            r["score_fisher"] += float(torch.rand(1, generator=g)) * info.numel
+    return list(recs.values())
+
+
+def test_run_points_end_to_end_with_the_suite_decoder(tmp_path, offline_processor):
+    from conftest import OFFLINE_DIMS, make_offline_rows
+
+    from asrcompress.models.whisper import build_model
+
+    model = build_model({**OFFLINE_DIMS, "encoder_layers": 3}, offline_processor.tokenizer, 1, "eager")
+    assert last_layers(3, None) == [2] and last_layers(12, None) == [8, 9, 10, 11] and last_layers(2, None) == [1]
+    assert last_layers(2, 1) == [1]
+    assert len(plan_points(model)) == 1 + 6 + 1 + 2  # the paper's points by default (no scores: no sensitivity point)
     points = plan_points(model, FINAL_RATIOS, FINAL_PER_LAYER, dec_self_attn_ratios=[0.0, 0.5],
-                         baselines=["global", "uniform"])
+                         sensitivity=sensitivity_records(model), baselines=["global", "uniform"])
     assert [p.key for p in points] == ["dense", "dec_self_attn_0", "dec_self_attn_50", "last_encoder_50",
-                                       "component_x100", "global_x100", "uniform_x100"]
-    rows = [{"id": f"u{i}", "text": "one two three"} for i in range(len(whisper_features))]
-    vocab = ["one", "two", "three", "four"]
-    calls = []
-
-    def decode(m, rs):  # a deterministic function of the weights
-        calls.append(1)
-        ids = logits(m, whisper_features).argmax(-1) % len(vocab)
-        return [" ".join(vocab[int(t)] for t in seq[:3]) for seq in ids]
-
-    table, hyps = run_points(model, points, rows, decode, "english", 50, lambda *a: 0)
+                                       "sensitivity_s40", "paper_s40", "global_s40", "uniform_s40"]
+    rows = make_offline_rows(4)
+    table, hyps = run_points(model, offline_processor, points, rows, "en", "english", 50, lambda *a: 0,
+                             batch_size=4, max_new_tokens=4)
     by = {r["point"]: r for r in table}
-    assert len(calls) == len(points) - 1  # the 0 % point reuses the dense hypotheses
     assert by["dec_self_attn_0"]["wer_pct"] == by["dense"]["wer_pct"] and not by["dec_self_attn_0"]["decoded"]
-    assert by["global_x100"]["pruned_weights"] == by["component_x100"]["pruned_weights"] > 0
-    assert by["component_x100"]["params"] == by["dense"]["params"]
-    assert by["component_x100"]["nonzero_params"] < by["dense"]["nonzero_params"]
-    assert 30 < by["component_x100"]["prunable_sparsity_pct"] < 50
+    assert all(r["decoded"] for r in table if r["point"] != "dec_self_attn_0")
+    assert by["global_s40"]["pruned_weights"] == by["sensitivity_s40"]["pruned_weights"] > 0
+    for key in ("sensitivity_s40", "paper_s40"):  # both reach the compared sparsity, up to per-tensor rounding
+        assert by[key]["prunable_sparsity_pct"] == pytest.approx(40.0, abs=0.05)
+    assert by["paper_s40"]["scale"] == pytest.approx(0.4 / config_sparsity(model, FINAL_RATIOS, FINAL_PER_LAYER))
+    assert by["sensitivity_s40"]["component_sparsity_pct"] != by["paper_s40"]["component_sparsity_pct"]
+    assert by["sensitivity_s40"]["params"] == by["dense"]["params"]
+    assert by["sensitivity_s40"]["nonzero_params"] < by["dense"]["nonzero_params"]
     assert by["last_encoder_50"]["component_sparsity_pct"]["enc_ffn"] == pytest.approx(100 / 6, abs=0.01)
     assert by["dec_self_attn_50"]["component_sparsity_pct"]["dec_self_attn"] == pytest.approx(50.0)
     assert by["dense"]["delta_wer_pct"] == 0 and by["dense"]["storage_csr_mib"] == by["dense"]["storage_dense_mib"]
     assert len(hyps) == len(points) * len(rows) and get_masks(model) == {}
     metrics = headline_metrics(table)
-    assert metrics["component_x100_wer_pct"] == by["component_x100"]["wer_pct"] and metrics["n_eval_utts"] == 2
-    plot_sweeps(table, tmp_path / "s.png")
+    assert metrics["sensitivity_s40_wer_pct"] == by["sensitivity_s40"]["wer_pct"] and metrics["n_eval_utts"] == 4
+    assert metrics["final_point"] == "sensitivity_s40"
+    assert metrics["paper_s40_p_value_worse"] == by["paper_s40"]["p_value_worse"]
+    assert metrics["global_s40_delta_ci_high_pct"] == by["global_s40"]["delta_ci_high_pct"]
+    plot_p3_sweeps(table, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000

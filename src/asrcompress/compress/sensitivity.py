@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from asrcompress.compress.components import COMPONENTS, LABELS, param_map, untied
+from asrcompress.compress.components import COMPONENTS, param_map, untied
 from asrcompress.train.determinism import deterministic_algorithms
 
 __all__ = [
@@ -39,7 +37,6 @@ __all__ = [
     "whisper_loss_fn",
     "per_param",
     "component_totals",
-    "plot_heatmap",
 ]
 
 
@@ -150,43 +147,3 @@ def component_totals(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
         for i, t in enumerate(ranked, 1):
             t[f"rank_{key}"] = i
     return out
-
-
-def plot_heatmap(records: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> None:
-    """Component x layer heatmaps (per-parameter gradient and Fisher scores, log10 colour scale) to a PNG.
-
-    Rows: components; columns: layer 0..L-1 (conv: conv1/conv2 in columns 0/1) and a last column ``-`` for
-    components without a layer index. Cells that do not exist are left blank.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    recs = per_param(records)
-    comps = [c for c in COMPONENTS if any(r["component"] == c for r in recs)]
-    n_layers = 1 + max((r["layer"] for r in recs if r["layer"] is not None), default=-1)
-    cols = [str(i) for i in range(n_layers)] + ["-"]
-    fig = Figure(figsize=(3.0 + 2 * (1.2 + 0.5 * len(cols)), 1.5 + 0.4 * len(comps)), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, key, name in zip(axes, ("score_grad_per_param", "score_fisher_per_param"),
-                             ("gradient |g·w| per parameter", "Fisher g² per parameter"), strict=True):
-        grid = np.full((len(comps), len(cols)), np.nan)
-        for r in recs:
-            col = len(cols) - 1 if r["layer"] is None else r["layer"]
-            v = r[key]
-            grid[comps.index(r["component"]), col] = math.log10(v) if v > 0 else np.nan
-        im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(cols)), cols)
-        ax.set_xlabel("layer ('-': none; conv row: conv1, conv2)")
-        ax.set_title(name, fontsize=10)
-        fig.colorbar(im, ax=ax, label="log10 score", shrink=0.9)
-        mid = np.nanmean(grid) if np.isfinite(grid).any() else 0.0
-        for (i, j), v in np.ndenumerate(grid):
-            if not np.isnan(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
-                        color="black" if v > mid else "white")
-    axes[0].set_yticks(range(len(comps)), [LABELS[c] for c in comps])
-    if title:
-        fig.suptitle(title)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)

@@ -12,13 +12,15 @@ what was timed. Nothing here knows a result; a missing metrics file just leaves 
 * ``reports/figures/speedup.png``: speed-up bars against the dense reference timed in the same run,
   the smoke model at batch 1 beside the same structure on the real Whisper-small architecture;
 * ``reports/tables/variants.md`` / ``.csv``: every point as a row.
+
+Paper 3's stage figures are drawn here too (``plot_p3_sweeps``, ``plot_p3_sensitivity``, at the end).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -283,3 +285,121 @@ def write_all(root: str | Path = ".", papers: list[str] | None = None, variants:
                plot_speedups(points, root / "reports/figures/speedup.png")]
     write_variants_table(points, root / "reports/tables/variants.md", root / "reports/tables/variants.csv")
     return [p for p in written if p is not None] + [root / "reports/tables/variants.md"]
+
+
+# ------------------------------------------------------------------------------ paper 3 stage figures
+def plot_p3_sweeps(table: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> None:
+    """Paper 3 (p3_prune), three panels to a PNG: (a) WER vs sparsity of the prunable tensors for the
+    sensitivity-derived allocation, the paper's fixed whisper-small ratios and global (and uniform)
+    magnitude pruning at the same sparsity; (b) WER vs ratio for the decoder self-attention sweep and the
+    last-encoder point; (c) the pruned share of each component at the highest compared sparsity, per
+    method (where each method prunes). Error bars: bootstrap 95 % CIs; the dense WER and its CI as a band."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from asrcompress.compress.components import COMPONENTS, LABELS
+
+    def err(rs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return np.array([[r["wer_pct"] - r["wer_ci_low_pct"] for r in rs],
+                         [r["wer_ci_high_pct"] - r["wer_pct"] for r in rs]])
+
+    fig = Figure(figsize=(16, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_a, ax_b, ax_c = fig.subplots(1, 3)
+    dense = table[0]
+    for ax in (ax_a, ax_b):
+        ax.axhspan(dense["wer_ci_low_pct"], dense["wer_ci_high_pct"], color="0.85", label="dense 95% CI")
+        ax.axhline(dense["wer_pct"], color="0.4", lw=1, label=f"dense {dense['wer_pct']:.1f}%")
+        ax.set_ylabel("WER % (normalised)")
+        ax.grid(alpha=0.3)
+    styles = {"sensitivity": ("o-", "sensitivity-derived ratios (our scores)", -1.5),
+              "paper": ("D-.", "paper's fixed whisper-small ratios", -0.5),
+              "global": ("s--", "global magnitude", 0.5), "uniform": ("^:", "uniform magnitude", 1.5)}
+    compare = [r for r in table if r["group"] == "compare"]
+    dodge = 0.012 * max([r["prunable_sparsity_pct"] for r in compare] + [1.0])  # matched points overlap
+    for method, (fmt, label, side) in styles.items():
+        rs = sorted((r for r in compare if r["method"] == method), key=lambda r: r["prunable_sparsity_pct"])
+        if rs:
+            rs = [dense, *rs]  # every curve starts at the dense model (0 % sparsity)
+            ax_a.errorbar([r["prunable_sparsity_pct"] + side * dodge for r in rs], [r["wer_pct"] for r in rs],
+                          yerr=err(rs), fmt=fmt, capsize=3, label=label)
+    ax_a.set_xlabel("sparsity of prunable weights (%; same-sparsity points dodged sideways)")
+    ax_a.set_title("one-shot pruning, no fine-tuning")
+    ax_a.legend(fontsize=8)
+    sweep = sorted((r for r in table if r["group"] == "dec_self_attn_sweep"), key=lambda r: r["x"])
+    if sweep:
+        ax_b.errorbar([100 * r["x"] for r in sweep], [r["wer_pct"] for r in sweep], yerr=err(sweep), fmt="o-",
+                      capsize=3, label="decoder self-attention")
+    last = [r for r in table if r["group"] == "last_encoder"]
+    if last:
+        ax_b.errorbar([100 * r["x"] for r in last], [r["wer_pct"] for r in last], yerr=err(last), fmt="D",
+                      capsize=3, label="last encoder layers (attn + FFN)")
+    ax_b.set_xlabel("pruning ratio of the targeted component (%)")
+    ax_b.set_title("targeted sweeps")
+    ax_b.legend(fontsize=8)
+    top = max((r["x"] for r in compare), default=None)
+    at_top = [r for r in compare if r["x"] == top]
+    comps = [c for c in COMPONENTS if any(c in r["component_sparsity_pct"] for r in at_top)]
+    width = 0.8 / max(1, len(at_top))
+    for i, r in enumerate(at_top):
+        ax_c.barh([j + (i - (len(at_top) - 1) / 2) * width for j in range(len(comps))],
+                  [r["component_sparsity_pct"].get(c, 0.0) for c in comps], height=width,
+                  label=styles.get(r["method"], ("", r["method"], 0))[1])
+    ax_c.set_yticks(range(len(comps)), [LABELS[c] for c in comps], fontsize=8)
+    ax_c.invert_yaxis()
+    ax_c.set_xlabel("pruned share of the component's weights (%)")
+    ax_c.set_title(f"where each method prunes at {100 * top:.0f}% sparsity" if top is not None else "no compare points")
+    ax_c.grid(alpha=0.3, axis="x")
+    if at_top:
+        ax_c.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def plot_p3_sensitivity(records: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> None:
+    """Paper 3 (p3_sensitivity): component x layer heatmaps (per-parameter gradient and Fisher scores, log10 colour scale) to a PNG.
+
+    Rows: components; columns: layer 0..L-1 (conv: conv1/conv2 in columns 0/1) and a last column ``-`` for
+    components without a layer index. Cells that do not exist are left blank.
+    """
+    import math
+
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from asrcompress.compress.components import COMPONENTS, LABELS
+    from asrcompress.compress.sensitivity import per_param
+
+    recs = per_param(records)
+    comps = [c for c in COMPONENTS if any(r["component"] == c for r in recs)]
+    n_layers = 1 + max((r["layer"] for r in recs if r["layer"] is not None), default=-1)
+    cols = [str(i) for i in range(n_layers)] + ["-"]
+    fig = Figure(figsize=(3.0 + 2 * (1.2 + 0.5 * len(cols)), 1.5 + 0.4 * len(comps)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, key, name in zip(axes, ("score_grad_per_param", "score_fisher_per_param"),
+                             ("gradient |g·w| per parameter", "Fisher g² per parameter"), strict=True):
+        grid = np.full((len(comps), len(cols)), np.nan)
+        for r in recs:
+            col = len(cols) - 1 if r["layer"] is None else r["layer"]
+            v = r[key]
+            grid[comps.index(r["component"]), col] = math.log10(v) if v > 0 else np.nan
+        im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_xlabel("layer ('-': none; conv row: conv1, conv2)")
+        ax.set_title(name, fontsize=10)
+        fig.colorbar(im, ax=ax, label="log10 score", shrink=0.9)
+        mid = np.nanmean(grid) if np.isfinite(grid).any() else 0.0
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > mid else "white")
+    axes[0].set_yticks(range(len(comps)), [LABELS[c] for c in comps])
+    if title:
+        fig.suptitle(title)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)

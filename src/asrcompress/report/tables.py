@@ -7,6 +7,11 @@ Status of a row:
 * ``not comparable in <profile>``: the setting only exists in another profile (reason given);
   our figure is still shown when there is one;
 * ``not run``: the metrics file or key is missing (the stage has not run in this checkout).
+
+A "no degradation" / "near 0" claim takes the check ``{near_zero: {ci_low: key, ci_high: key, p_worse: key,
+tolerance: pts, alpha: a}}`` (keys of the row's metrics file): it matches only when the paired test
+against the dense model shows no significant degradation (one-sided ``p_worse >= alpha``) AND the whole
+95 % CI of the WER change lies within ``[-tolerance, +tolerance]``; the row's note states the figures.
 """
 
 from __future__ import annotations
@@ -89,8 +94,28 @@ def _check(value: float, check: Mapping[str, Any]) -> bool:
     return bool(ok)
 
 
-def compare_row(row: Mapping[str, Any], ours: float | None, missing: str | None, profile: str) -> dict[str, Any]:
-    """One table row: our value beside the reported one, with difference and status."""
+def _near_zero(check: Mapping[str, Any], figures: Mapping[str, Any] | None, metrics: str) -> tuple[str, str]:
+    """(status, note) of a ``near_zero`` check (see the module docstring); figures = the metrics file."""
+    vals = {}
+    for k in ("ci_low", "ci_high", "p_worse"):
+        v = dig(figures or {}, check[k])
+        if v is None:
+            return f"not run (no '{check[k]}' in {metrics})", ""
+        vals[k] = float(v)
+    tol, alpha = float(check["tolerance"]), float(check.get("alpha", 0.05))
+    sig = vals["p_worse"] < alpha
+    inside = -tol <= vals["ci_low"] and vals["ci_high"] <= tol
+    note = (f"near-zero rule (matches only if the paired bootstrap's p(worse) >= {alpha:g} and the whole 95 % CI "
+            f"of the change lies within +/-{tol:g}): p(worse) = {vals['p_worse']:.3g} ({'<' if sig else '>='} {alpha:g}: "
+            f"{'significant' if sig else 'no significant'} degradation), 95 % CI of the change "
+            f"[{vals['ci_low']:+.3g}, {vals['ci_high']:+.3g}] {'within' if inside else 'not within'} +/-{tol:g}")
+    return ("matches" if inside and not sig else "differs"), note
+
+
+def compare_row(row: Mapping[str, Any], ours: float | None, missing: str | None, profile: str,
+                figures: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One table row: our value beside the reported one, with difference and status. ``figures``: the
+    row's whole metrics file (read by a ``near_zero`` check)."""
     reported = row["reported"]
     out = {"id": row["id"], "setting": "; ".join(f"{k}: {v}" for k, v in row["setting"].items()),
            "quantity": row["quantity"], "unit": row.get("unit", ""), "source": row["source"],
@@ -107,7 +132,10 @@ def compare_row(row: Mapping[str, Any], ours: float | None, missing: str | None,
     if ours is None:
         out["status"] = missing or f"not run: {row.get('reason', 'no measurement')}"
         return out
-    if "check" in row:
+    if "near_zero" in row.get("check", {}):
+        out["status"], note = _near_zero(row["check"]["near_zero"], figures, row["ours"]["metrics"])
+        out["note"] = "; ".join(n for n in (out["note"], note) if n)
+    elif "check" in row:
         out["status"] = "matches" if _check(ours, row["check"]) else "differs"
     elif isinstance(reported, int | float):
         tol = float(row.get("tolerance", 0.0))
@@ -128,7 +156,10 @@ def build_table(reported_yaml: str | Path, root: str | Path, profile: str,
         if only_metrics is not None and (row.get("ours") or {}).get("metrics") != only_metrics:
             continue
         ours, missing = _lookup(root, row.get("ours"))
-        rows.append(compare_row(row, ours, missing, profile))
+        figures = None
+        if "near_zero" in row.get("check", {}) and ours is not None:
+            figures = json.loads((root / row["ours"]["metrics"]).read_text())
+        rows.append(compare_row(row, ours, missing, profile, figures))
     return data, rows
 
 
