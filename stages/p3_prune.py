@@ -13,7 +13,6 @@ scaled to the same sparsity, and global / uniform magnitude pruning at the same 
 
 from __future__ import annotations
 
-import csv
 import sys
 from functools import partial
 from pathlib import Path
@@ -25,7 +24,7 @@ from asrcompress.compress.components import tensor_ratios
 from asrcompress.compress.p3_oneshot import headline_metrics, plan_points
 from asrcompress.compress.sensitivity import calibration_split
 from asrcompress.config import derive_seed, get, load_params
-from asrcompress.io import load_split, log, read_json, setup_logging, write_json, write_jsonl
+from asrcompress.io import load_split, log, read_json, setup_logging, write_csv, write_json, write_jsonl
 from asrcompress.measure.masked_sweep import run_points
 from asrcompress.models.whisper import load_pretrained
 from asrcompress.report.figures import plot_p3_sweeps
@@ -37,12 +36,8 @@ def write_table(path: str, table: list[dict]) -> None:
     for r in table:
         flat = {k: v for k, v in r.items() if k != "component_sparsity_pct"}
         flat.update({f"sparsity_{c}_pct": v for c, v in r["component_sparsity_pct"].items()})
-        rows.append({k: ("" if v is None else v) for k, v in flat.items()})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+        rows.append(flat)
+    write_csv(path, rows)
 
 
 def main(model_dir: str, corpus_dir: str, sensitivity_path: str, csv_path: str, json_path: str, hyps_path: str,

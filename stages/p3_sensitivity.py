@@ -10,7 +10,6 @@ set); per-utterance gradients (batch size 1) of the teacher-forced loss on the r
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
@@ -25,17 +24,9 @@ from asrcompress.compress.sensitivity import (
     whisper_loss_fn,
 )
 from asrcompress.config import get, load_params
-from asrcompress.io import load_split, log, setup_logging, write_json
+from asrcompress.io import load_split, log, setup_logging, write_csv, write_json
 from asrcompress.models.whisper import load_pretrained
 from asrcompress.report.figures import plot_p3_sensitivity
-
-
-def write_csv(path: str, records: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]))
-        w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in records)
 
 
 def main(model_dir: str, corpus_dir: str, csv_path: str, json_path: str, png_path: str, metrics_path: str) -> None:
