@@ -100,7 +100,7 @@ def test_medium_table_holds_the_medium_rows_only(tmp_path):
     (tmp_path / "reports/metrics").mkdir()
     (tmp_path / path).write_text(json.dumps({"sgl_pruned": {
         "params_reduction_pct": 29.0, "memory_reduction_pct": 30.0, "flops_reduction_pct": 17.0,
-        "wer_delta_abs": -0.2}}))
+        "wer_delta_abs": -0.2, "wer_delta_ci_low_pct": -1.0, "wer_delta_ci_high_pct": -0.1}}))
     _, rows = build_table(tmp_path / "reports/reported/p1.yaml", tmp_path, "paper", only_metrics=path)
     assert [r["status"] for r in rows] == ["matches", "differs", "matches", "matches"]
     _, rows = build_table(tmp_path / "reports/reported/p1.yaml", tmp_path, "smoke", only_metrics=path)
