@@ -1,4 +1,8 @@
-"""p1_measure: paper 1's table (params, memory, FLOPs, WER) for the dense model and the p1 variants.
+"""p1_measure: paper 1's whisper-medium table (pipelines/p1_medium/dvc.yaml, paper profile only).
+
+The small chain is measured by the generic ``measure@<key>`` stages (params ``variants``); the
+medium models exist only in the paper profile, which DVC's ``foreach`` cannot fan out over, so this
+stage runs the same suite (``measure.suite.measure_variant``) over them and keeps paper 1's columns.
 
     python stages/p1_measure.py <corpus-dir> <metrics-json> <details-dir> dense=<dir> name=<dir> ...
 
@@ -17,17 +21,15 @@ Columns (``<metrics-json>``, one entry per variant; reductions are relative to t
   model and greedily transcribes ``rss_utterances`` test utterances, minus that process's RSS before
   loading (``peak_rss_delta_mib``); ``weights_reduction_pct`` = bytes of the stored tensors;
 * ``flops_reduction_pct``: FLOPs of transcribing the test set (encoder window + every decoder step,
-  ptflops, eager attention) with every variant decoding the *reference's* token counts, so that a
-  variant is not credited for emitting fewer tokens; ``gflops_encoder`` and ``gflops_decoder_token``
-  are given too;
+  ptflops, eager attention) with every variant decoding the *reference's* token counts (the suite's
+  ``gflops_utterance_ref_lengths``), so that a variant is not credited for emitting fewer tokens;
+  ``gflops_encoder`` and ``gflops_decoder_token`` are given too;
 * ``wer_<normaliser>_pct`` with its 95 % bootstrap interval, ``wer_delta_abs`` (first normaliser),
   batch-1 CPU latency and ``speedup_vs_reference`` of the suite (each variant's own greedy decoding,
   so a variant that stops earlier looks faster);
-* ``fixed_encoder_ms_p50`` / ``fixed_encoder_speedup`` (the encoder alone) and ``fixed_latency_ms_p50``
-  / ``fixed_latency_speedup`` (encoder + exactly ``p1.timing.tokens`` greedy decoder steps): batch-1
-  times on one test utterance, all variants interleaved in one process
-  (``measure.latency.interleaved_timings``, ``p1.timing.repeats`` rounds after two warm-up rounds,
-  ``measure.num_threads`` threads): the speed of the architecture, independent of output length.
+* ``fixed_encoder_*`` (the encoder alone) and ``fixed_latency_*`` (encoder + exactly
+  ``measure.fixed_tokens`` greedy decoder steps): the suite's fixed-length batch-1 timing, each variant
+  interleaved with the reference, with the speed-up's spread: the speed of the architecture.
 """
 
 from __future__ import annotations
@@ -37,52 +39,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from asrcompress.compress.checkpoint import load_compressed
 from asrcompress.config import deep_merge, derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json, write_jsonl
-from asrcompress.measure import latency
-from asrcompress.measure.flops import whisper_cost
 from asrcompress.measure.params import percent_reduction
 from asrcompress.measure.suite import measure_variant
 from asrcompress.measure.wer import score
 
 COPIED = ("params_m", "nonzero_params_m", "weights_mib", "peak_rss_delta_mib", "gflops_encoder",
           "gflops_decoder_token", "gflops_utterance", "latency_ms_p50", "speedup_vs_reference",
-          "mean_decoded_tokens")
-
-
-def _utterance_gflops(model_dir: str, lengths: list[int], prompt_len: int = 4) -> float:
-    """Mean per-utterance GFLOPs (2 x MACs) of ``model_dir`` decoding ``lengths`` tokens."""
-    cost = whisper_cost(load_compressed(model_dir))
-    return 2 * float(np.mean([cost.utterance_macs(n, prompt_len) for n in lengths])) / 1e9
-
-
-def processor_features(model_dir: str, row: dict[str, Any]) -> Any:
-    """Batch-1 log-mel features of ``row`` with the processor saved in ``model_dir``."""
-    from transformers import WhisperProcessor
-
-    fe = WhisperProcessor.from_pretrained(model_dir).feature_extractor
-    return fe([np.asarray(row["audio"]["array"], dtype=np.float32)], sampling_rate=16000,
-              return_tensors="pt").input_features
-
-
-def fixed_length_timing(model_dirs: dict[str, str], features: Any, tokens: int, repeats: int, seed: int
-                        ) -> dict[str, dict[str, list[float]]]:
-    """Seconds per call, variants interleaved: ``encoder`` (the encoder alone) and ``decode`` (encoder +
-    ``tokens`` forced greedy decoder steps); two warm-up rounds, ``repeats`` timed rounds each."""
-    models = {name: load_compressed(d).eval() for name, d in model_dirs.items()}
-
-    def encoder(m: Any) -> None:
-        with torch.inference_mode():
-            m.model.encoder(features)
-
-    enc = {name: (lambda m=m: encoder(m)) for name, m in models.items()}
-    dec = {name: (lambda m=m: latency.whisper_greedy_decode(m, features, tokens)) for name, m in models.items()}
-    return {"encoder": latency.interleaved_timings(enc, warmup=2, repeats=repeats, seed=seed),
-            "decode": latency.interleaved_timings(dec, warmup=2, repeats=repeats, seed=seed + 1)}
+          "speedup_vs_reference_ci_low", "speedup_vs_reference_ci_high", "mean_decoded_tokens",
+          "fixed_latency_tokens", *(f"fixed_{w}_{k}" for w in ("encoder", "latency")
+                                    for k in ("ms_p50", "speedup", "speedup_ci_low", "speedup_ci_high")))
 
 
 def paper_row(full: dict[str, Any], ref: dict[str, Any] | None, wers: dict[str, dict], flops: float,
@@ -90,6 +57,8 @@ def paper_row(full: dict[str, Any], ref: dict[str, Any] | None, wers: dict[str, 
     """Paper-1 columns of one variant from the suite's flat metrics and the per-normaliser scores."""
     row: dict[str, Any] = {"method": full.get("method"), **{k: full.get(k) for k in COPIED}}
     row["gflops_utterance_at_reference_lengths"] = flops
+    if ref is None:  # the reference against itself
+        row.update(fixed_encoder_speedup=1.0, fixed_latency_speedup=1.0)
     for name, s in wers.items():
         row[f"wer_{name}_pct"] = s["wer_pct"]
         row[f"wer_{name}_ci_low_pct"] = s["wer_ci_low_pct"]
@@ -130,33 +99,22 @@ def main(corpus_dir: str, metrics_path: str, details_dir: str, *variants: str) -
     for name, model_dir in named:
         full, hyps = measure_variant(model_dir, rows, language, normalizers[0], mcfg,
                                      derive_seed(seed, "p1_measure", name), reference_dir=ref_dir,
-                                     reference_metrics=ref_full, reference_errors=ref_errors)
+                                     reference_metrics=ref_full, reference_errors=ref_errors,
+                                     reference_lengths=ref_lengths)
         hyp_text = [h["hyp"] for h in hyps]
         wers = {n: score(refs, hyp_text, n, int(mcfg["bootstrap_resamples"]), derive_seed(seed, "p1_wer", name))
                 for n in normalizers}
-        if ref_full is None:
-            ref_lengths = [h["tokens"] for h in hyps]
-        flops = _utterance_gflops(model_dir, ref_lengths)
+        flops = full.get("gflops_utterance_ref_lengths") or full["gflops_utterance"]
         ref = None if ref_full is None else {**ref_full, "wers": ref_wers}
         table[name] = paper_row(full, ref, wers, flops, ref_flops)
         write_json(details / f"{name}.json", {"variant": name, **full})
         write_jsonl(details / f"{name}.jsonl", hyps)
         if ref_full is None:
             ref_full, ref_dir, ref_flops, ref_wers = full, model_dir, flops, wers
-            ref_errors = [h["errors"] for h in hyps]
+            ref_errors, ref_lengths = [h["errors"] for h in hyps], [h["tokens"] for h in hyps]
         log.info("p1_measure@%s: %s | %.3f M params, WER %s %.2f%%, %s %.2f%%, %.4f GFLOPs/utt, %.1f ms/utt",
                  name, model_dir, full["params_m"], normalizers[0], wers[normalizers[0]]["wer_pct"],
                  normalizers[-1], wers[normalizers[-1]]["wer_pct"], flops, full["latency_ms_p50"])
-    tokens, repeats = get(p1, "timing.tokens", int), get(p1, "timing.repeats", int)
-    feats = processor_features(named[0][1], rows[0])
-    times = fixed_length_timing(dict(named), feats, tokens, repeats, derive_seed(seed, "p1_timing"))
-    for what, key in (("encoder", "fixed_encoder"), ("decode", "fixed_latency")):
-        ref_p50 = float(np.median(times[what][named[0][0]]))
-        for name, _ in named:
-            p50 = float(np.median(times[what][name]))
-            table[name].update({f"{key}_ms_p50": 1e3 * p50, f"{key}_speedup": ref_p50 / p50})
-    for name, _ in named:
-        table[name]["fixed_latency_tokens"] = tokens
     table["reference"] = named[0][0]
     table["normalizers"] = normalizers
     table["definitions"] = {
