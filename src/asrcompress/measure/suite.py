@@ -234,8 +234,8 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
 
     ``mcfg`` is the ``measure`` params section: ``num_threads``, ``batch_size``,
     ``bootstrap_resamples``, ``latency_utterances``, ``rss_utterances``, ``real_scale_repeats``,
-    ``real_scale_tokens``, ``latency_repeats``, ``fixed_tokens``, ``fixed_repeats``, ``device`` (where the batched WER decoding runs; its peak CUDA memory is
-    ``cuda_peak_mib``) and optionally ``max_new_tokens`` (a cap on generated tokens). Batch-1 latency, FLOPs and real-scale timing run on the CPU (``latency_device``).
+    ``real_scale_tokens``, ``latency_repeats``, ``fixed_tokens``, ``fixed_repeats``, ``device`` (where
+    the batched WER decoding runs; its peak CUDA memory is ``cuda_peak_mib``) and optionally ``max_new_tokens`` (a cap on generated tokens). Batch-1 latency, FLOPs and real-scale timing run on the CPU (``latency_device``).
     """
     latency.set_threads(int(mcfg["num_threads"]))
     model, processor = load_variant(model_dir)
