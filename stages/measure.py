@@ -28,19 +28,21 @@ def main(key: str, metrics_path: str, hyps_path: str) -> None:
     mcfg, variant, corpora = validate_measure_params(cfg, section, key)  # before any model or data
     corpus = variant["corpus"]
     reference = variant.get("reference")
-    ref_dir = ref_metrics = ref_errors = None
+    ref_dir = ref_metrics = ref_errors = ref_lengths = None
     if reference:
         ref_section = "real_dense" if reference in (cfg.get("real_dense") or {}) else "dense"
         ref_dir = get(cfg, f"{ref_section}.{reference}.model", str)
         ref_metrics = read_json(Path(metrics_path).with_name(f"{reference}.json"))
         ref_hyps = Path(hyps_path).with_name(f"{reference}.jsonl")
-        ref_errors = [json.loads(line)["errors"] for line in ref_hyps.read_text().splitlines()]
+        ref_rows = [json.loads(line) for line in ref_hyps.read_text().splitlines()]
+        ref_errors, ref_lengths = [r["errors"] for r in ref_rows], [r["tokens"] for r in ref_rows]
     rows = load_split(f"data/corpora/{corpus}", "test")[: variant.get("test_utterances")]
     metrics, hyps = measure_variant(
         variant["model"], rows, get(cfg, f"{corpora}.{corpus}.whisper_language", str),
         get(cfg, f"{corpora}.{corpus}.normalizer", str), mcfg,
         derive_seed(get(cfg, "seed", int), "measure", key), reference_dir=ref_dir,
-        reference_metrics=ref_metrics, reference_errors=ref_errors, real_scale=variant.get("real_scale"),
+        reference_metrics=ref_metrics, reference_errors=ref_errors, reference_lengths=ref_lengths,
+        real_scale=variant.get("real_scale"),
         extra_normalizers=variant.get("extra_normalizers") or ())
     metrics = {"variant": key, "reference": reference, **metrics}
     write_json(metrics_path, metrics)

@@ -3,7 +3,7 @@
     python stages/paper_table.py <reported-yaml> <metrics-json> <out-md> <out-csv>
 
 Used by pipelines/p1_medium/dvc.yaml: the whisper-medium rows of reports/reported/p1.yaml beside
-reports/metrics/p1_medium.json. The root `report` stage builds the full tables.
+reports/metrics/sgl_pruned_hi_medium.json. The root `report` stage builds the full tables.
 """
 
 from __future__ import annotations

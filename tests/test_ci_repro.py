@@ -25,7 +25,7 @@ def test_plan_runs_every_root_stage_once_after_its_producers():
     assert not any(a.startswith(("p1", "p2", "p3", "p4", "report")) for a in foundation)
     reads = plan.reads
     assert reads.keys() == root.keys()
-    assert reads["pretrain"] >= {"tokenizer", "prepare@en"} and reads["p1_measure"] >= {"p1_imp", "p1_prune"}
+    assert reads["pretrain"] >= {"tokenizer", "prepare@en"} and reads["compare@p1_sgl_vs_imp_hi"] >= {"measure@p1_imp_hi", "measure@sgl_pruned_hi"}
     position = {a: i for i, a in enumerate(order)}
     for addr, srcs in reads.items():
         for src in srcs:

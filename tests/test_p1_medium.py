@@ -32,7 +32,9 @@ def test_medium_chain_hangs_off_the_root_pipeline_and_never_touches_its_outputs(
     stages = {s.addressing: s for s in index.stages}
     medium = {a: s for a, s in stages.items() if a.startswith(MEDIUM + ":")}
     assert sorted(a.split(":")[1] for a in medium) == sorted(
-        ["p1m_base", "p1m_finetune", "p1m_sgl", "p1m_dense_ft", "p1m_prune", "p1m_imp", "p1m_measure", "p1m_table"])
+        ["p1m_base", "p1m_finetune", "p1m_sgl", "p1m_dense_ft", "p1m_prune", "p1m_imp", "p1m_measure_dense",
+         *(f"p1m_measure@{k}" for k in ("sgl_pruned_hi_medium", "p1_dense_ft_hi_medium", "p1_imp_hi_medium")),
+         *(f"p1m_compare@p1_sgl_vs_{k}_hi_medium" for k in ("dense_ft", "imp")), "p1m_table"])
     root_outs = {str(Path(o.fs_path).relative_to(ROOT)) for a, s in stages.items() if a not in medium for o in s.outs}
     for addr, stage in medium.items():
         assert Path(stage.wdir) == ROOT, f"{addr}: runs from the repository root"
@@ -50,8 +52,12 @@ def test_medium_chain_hangs_off_the_root_pipeline_and_never_touches_its_outputs(
     table = stages[f"{MEDIUM}:p1m_table"]
     upstream = {s.addressing for s in nx.descendants(graph, table)}  # DVC's edges point at dependencies
     assert {"prepare@hi", "tokenizer"} <= upstream
-    assert {f"{MEDIUM}:{n}" for n in ("p1m_base", "p1m_finetune", "p1m_sgl", "p1m_dense_ft", "p1m_prune",
-                                       "p1m_imp", "p1m_measure")} <= upstream
+    assert {f"{MEDIUM}:{n}" for n in ("p1m_base", "p1m_finetune", "p1m_sgl", "p1m_prune", "p1m_measure_dense",
+                                       "p1m_measure@sgl_pruned_hi_medium")} <= upstream
+    for baseline, trained in (("dense_ft", "p1m_dense_ft"), ("imp", "p1m_imp")):  # the controls hang off their compare
+        compare = stages[f"{MEDIUM}:p1m_compare@p1_sgl_vs_{baseline}_hi_medium"]
+        assert {f"{MEDIUM}:{trained}", f"{MEDIUM}:p1m_measure@p1_{baseline}_hi_medium",
+                f"{MEDIUM}:p1m_measure@sgl_pruned_hi_medium"} <= {s.addressing for s in nx.descendants(graph, compare)}
     assert not any(a.startswith(MEDIUM) for a in {s.addressing for s in nx.descendants(
         graph, stages["report"])}), "the root report must not need the paper-only chain"
 
@@ -93,14 +99,15 @@ def test_base_stage_saves_the_checkpoint_the_key_names(tmp_path, monkeypatch, of
 
 def test_medium_table_holds_the_medium_rows_only(tmp_path):
     shutil.copytree(ROOT / "reports/reported", tmp_path / "reports/reported")
-    path = "reports/metrics/p1_medium.json"
+    path = "reports/metrics/sgl_pruned_hi_medium.json"
     _, rows = build_table(tmp_path / "reports/reported/p1.yaml", tmp_path, "paper", only_metrics=path)
     assert [r["id"] for r in rows] == ["medium_params", "medium_memory", "medium_flops", "medium_wer"]
     assert all(r["status"] == f"not run ({path} missing)" for r in rows)
     (tmp_path / "reports/metrics").mkdir()
-    (tmp_path / path).write_text(json.dumps({"sgl_pruned": {
-        "params_reduction_pct": 29.0, "memory_reduction_pct": 30.0, "flops_reduction_pct": 17.0,
-        "wer_delta_abs": -0.2}}))
+    (tmp_path / path).write_text(json.dumps({
+        "params_reduction_pct": 29.0, "peak_rss_delta_mib_reduction_pct": 30.0,
+        "gmacs_utterance_ref_lengths_reduction_pct": 17.0, "wer_delta_abs": -0.2,
+        "paired_delta_ci_low_pct": -1.0, "paired_delta_ci_high_pct": -0.1}))
     _, rows = build_table(tmp_path / "reports/reported/p1.yaml", tmp_path, "paper", only_metrics=path)
     assert [r["status"] for r in rows] == ["matches", "differs", "matches", "matches"]
     _, rows = build_table(tmp_path / "reports/reported/p1.yaml", tmp_path, "smoke", only_metrics=path)

@@ -217,10 +217,10 @@ ROW = {"id": "sens_40", "source": "abstract", "setting": {"model": "whisper-smal
 ])
 def test_near_zero_claim_needs_the_paired_test_and_the_ci(delta, lo, hi, p, status):
     figures = {"s_delta": delta, "s_lo": lo, "s_hi": hi, "s_p": p}
-    out = compare_row(ROW, delta, None, "smoke", figures)
+    out = compare_row(ROW, delta, None, "smoke", figures=figures)
     assert out["status"] == status
     assert "p(worse)" in out["note"] and "95 % CI" in out["note"]
-    missing = compare_row(ROW, delta, None, "smoke", {"s_delta": delta})
+    missing = compare_row(ROW, delta, None, "smoke", figures={"s_delta": delta})
     assert missing["status"].startswith("not run (no 's_lo'")
 
 

@@ -36,20 +36,57 @@ def test_status_logic():
 
 
 def test_table_files_written(tmp_path):
-    (tmp_path / "reports/metrics").mkdir(parents=True)
-    (tmp_path / "reports/metrics/p1.json").write_text(json.dumps(
-        {"sgl_pruned": {"params_reduction_pct": 32.0, "wer_hindi_pct": 20.0},
-         "imp": {"params_reduction_pct": 0.0, "wer_hindi_pct": 31.5}}))
+    m = tmp_path / "reports/metrics"
+    m.mkdir(parents=True)
+    (m / "sgl_pruned_hi.json").write_text(json.dumps(
+        {"params_reduction_pct": 32.0, "nonzero_params_reduction_pct": 40.0, "wer_pct": 20.0}))
+    (m / "p1_imp_hi.json").write_text(json.dumps(
+        {"params_reduction_pct": 0.0, "nonzero_params_reduction_pct": 39.5, "wer_pct": 31.5}))
     data, rows = build_table(ROOT / "reports/reported/p1.yaml", tmp_path, "smoke")
     write_table(data, rows, tmp_path / "t.md", tmp_path / "t.csv")
     write_index([(data, rows)], tmp_path / "README.md")
     md = (tmp_path / "t.md").read_text()
     assert "small_params" in md and "35.4" in md and "matches" in md
     by_id = {r["id"]: r for r in rows}
-    assert by_id["small_params"]["ours"] == 32.0  # a nested key: sgl_pruned.params_reduction_pct
-    assert by_id["vs_imp_wer"]["ours"] == 11.5    # a difference: imp.wer_hindi_pct - sgl_pruned.wer_hindi_pct
+    assert by_id["small_params"]["ours"] == 32.0
+    assert by_id["vs_imp_wer"]["ours"] == 11.5    # across files: p1_imp_hi wer_pct - sgl_pruned_hi wer_pct
     assert by_id["small_flops"]["status"].startswith("not run")  # key absent: not invented
     assert "tables/p1.md" in (tmp_path / "README.md").read_text()
+
+
+def test_p1_vs_imp_reported_on_physical_and_nonzero_counts(tmp_path):
+    m = tmp_path / "reports/metrics"
+    m.mkdir(parents=True)
+    (m / "sgl_pruned_hi.json").write_text(json.dumps({"params_reduction_pct": 29.0,
+                                                      "nonzero_params_reduction_pct": 35.0}))
+    (m / "p1_imp_hi.json").write_text(json.dumps({"params_reduction_pct": 0.0, "nonzero_params_reduction_pct": 34.0}))
+    _, rows = build_table(ROOT / "reports/reported/p1.yaml", tmp_path, "smoke")
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["vs_imp_params"]["ours"] == 29.0 and "PHYSICAL" in by_id["vs_imp_params"]["quantity"]
+    assert by_id["vs_imp_nonzero_params"]["ours"] == 1.0 and "NON-ZERO" in by_id["vs_imp_nonzero_params"]["quantity"]
+
+
+@pytest.mark.parametrize(("ci", "status"), [((-2.0, -0.5), "matches"), ((-1.0, 3.0), "inconclusive"),
+                                             ((0.5, 4.0), "differs")])
+def test_use_ci_check_is_decided_by_the_whole_interval(tmp_path, ci, status):
+    """p1 small_wer: "not degraded" (WER change <= 0) with use_ci: the point estimate alone (-0.2 here)
+    does not make it match when the paired CI reaches above 0."""
+    m = tmp_path / "reports/metrics"
+    m.mkdir(parents=True)
+    (m / "sgl_pruned_hi.json").write_text(json.dumps(
+        {"wer_delta_abs": -0.2 if status != "differs" else 2.0,
+         "paired_delta_ci_low_pct": ci[0], "paired_delta_ci_high_pct": ci[1]}))
+    _, rows = build_table(ROOT / "reports/reported/p1.yaml", tmp_path, "smoke")
+    assert {r["id"]: r for r in rows}["small_wer"]["status"].startswith(status)
+
+
+def test_use_ci_without_ci_keys_is_refused(tmp_path):
+    data = yaml.safe_load((ROOT / "reports/reported/p1.yaml").read_text())
+    row = next(r for r in data["rows"] if r["id"] == "small_wer")
+    del row["ours"]["ci"]
+    (tmp_path / "p1.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="small_wer: check.use_ci needs ours.ci"):
+        load_reported(tmp_path / "p1.yaml")
 
 
 def _diff(old, new, path="reports/metrics/dense_en.json"):

@@ -31,12 +31,9 @@ def _suite(params_m: float, nonzero_m: float, wer: float, **extra: Any) -> dict[
 @pytest.fixture()
 def metrics_tree(tmp_path: Path) -> Path:
     m = tmp_path / "reports/metrics"
-    entry = {"params_m": 1.0, "nonzero_params_m": 1.0, "wer_hindi_pct": 20.0, "gflops_utterance": 0.3,
-             "fixed_latency_speedup": 1.0}
-    _write(m / "p1.json", {"normalizers": ["hindi"], "reference": "dense", "dense": entry,
-                           "sgl_pruned": {**entry, "params_m": 0.7, "nonzero_params_m": 0.6, "wer_hindi_pct": 21.0,
-                                          "gflops_utterance": 0.2, "fixed_latency_speedup": 1.3},
-                           "imp": {**entry, "nonzero_params_m": 0.6, "wer_hindi_pct": 23.0}})
+    _write(m / "dense_hi.json", _suite(1.0, 1.0, 20.0))
+    _write(m / "sgl_pruned_hi.json", _suite(0.7, 0.6, 21.0, reference="dense_hi", speedup_vs_reference=1.3))
+    _write(m / "p1_imp_hi.json", _suite(1.0, 0.6, 23.0, reference="dense_hi"))
     _write(m / "dense_bm.json", _suite(1.0, 1.0, 18.0))
     _write(m / "p2_final.json", _suite(0.7, 0.7, 20.0, reference="dense_bm", speedup_vs_reference=1.4,
                                        real_speedup_30s=1.2))
@@ -53,9 +50,11 @@ def metrics_tree(tmp_path: Path) -> Path:
 
 def test_points_follow_the_metrics_files(metrics_tree: Path) -> None:
     points = {(p.paper, p.variant): p for p in collect_points(metrics_tree)}
-    assert points[("p1", "dense")].is_reference and not points[("p1", "imp")].is_reference
-    assert points[("p1", "sgl_pruned")].params_m == 0.7 and points[("p1", "sgl_pruned")].wer_pct == 21.0
-    assert points[("p1", "imp")].params_m == 1.0 and points[("p1", "imp")].nonzero_params_m == 0.6  # masks only
+    assert points[("p1", "dense_hi")].is_reference and not points[("p1", "p1_imp_hi")].is_reference
+    assert points[("p1", "sgl_pruned_hi")].params_m == 0.7 and points[("p1", "sgl_pruned_hi")].wer_pct == 21.0
+    assert points[("p1", "sgl_pruned_hi")].speedup == 1.3
+    assert points[("p1", "p1_imp_hi")].params_m == 1.0 and points[("p1", "p1_imp_hi")].nonzero_params_m == 0.6
+    assert ("p1", "p1_dense_ft_hi") not in points  # not measured: not invented
     assert points[("p2", "dense_bm")].is_reference and points[("p2", "final")].real_speedup == 1.2
     assert points[("p3", "global_x100")].nonzero_params_m == 0.6
     assert points[("p4", "wav2vec2:structured")].params_m == pytest.approx(0.3)  # physically removed
@@ -66,8 +65,8 @@ def test_points_follow_the_metrics_files(metrics_tree: Path) -> None:
 def test_generic_variants_join_the_points(metrics_tree: Path) -> None:
     _write(metrics_tree / "reports/metrics/my_method.json", _suite(0.5, 0.5, 19.0, speedup_vs_reference=1.7,
                                                                    reference="dense_bm"))
-    points = collect_points(metrics_tree, ["p1"], ["my_method", "not_measured_yet"])
-    generic = [p for p in points if p.paper == "variants"]
+    points = collect_points(metrics_tree, ["p1"], ["my_method", "not_measured_yet", "sgl_pruned_hi"])
+    generic = [p for p in points if p.paper == "variants"]  # sgl_pruned_hi is drawn once, in p1's panel
     assert [(p.variant, p.is_reference) for p in generic] == [("dense_bm", True), ("my_method", False)]
     assert generic[-1].speedup == 1.7 and generic[0].wer_pct == 18.0
 

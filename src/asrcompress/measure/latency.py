@@ -74,6 +74,24 @@ def summarize(seconds: list[float], prefix: str = "latency") -> dict[str, float]
     }
 
 
+def paired_speedup(reference_s: list[float], variant_s: list[float], n_resamples: int, seed: int,
+                   prefix: str = "speedup") -> dict[str, float]:
+    """Speed-up with its spread from paired timings (pair i: the reference and the variant timed
+    back to back: one utterance, or one round). Ratios r_i = reference_i / variant_i;
+    ``{prefix}`` = median r_i, ``{prefix}_ci_low`` / ``_ci_high`` = 95 % percentile bootstrap
+    interval of that median (pairs resampled, ``numpy.random.default_rng(seed)``), ``_min`` /
+    ``_max`` = the extreme pairs, ``{prefix}_pairs`` = the number of pairs."""
+    ref, var = np.asarray(reference_s, dtype=np.float64), np.asarray(variant_s, dtype=np.float64)
+    if ref.shape != var.shape or ref.size == 0:
+        raise ValueError(f"paired_speedup: {ref.size} reference vs {var.size} variant timings")
+    ratios = ref / var
+    idx = np.random.default_rng(seed).integers(0, ratios.size, size=(n_resamples, ratios.size))
+    boot = np.median(ratios[idx], axis=1)
+    return {prefix: float(np.median(ratios)), f"{prefix}_ci_low": float(np.percentile(boot, 2.5)),
+            f"{prefix}_ci_high": float(np.percentile(boot, 97.5)), f"{prefix}_min": float(ratios.min()),
+            f"{prefix}_max": float(ratios.max()), f"{prefix}_pairs": int(ratios.size)}
+
+
 def rtf(compute_s: float, audio_s: float) -> float:
     """Real-time factor: compute seconds per audio second (< 1 is faster than real time)."""
     return compute_s / audio_s

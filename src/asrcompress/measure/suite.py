@@ -8,10 +8,14 @@ via ``load_compressed``), its reference (the dense model it is compared to), and
   ``peak_rss_delta_mib`` (a separate process: peak RSS while loading the model and transcribing
   test utterances, minus its RSS before loading), ``cuda_peak_mib`` on a GPU;
 * FLOPs (ptflops, eager attention): encoder per window, decoder per token, per utterance over the
-  test set's actual decoded lengths (``gmacs_*`` and ``gflops_*`` = 2 x MACs);
+  test set's actual decoded lengths (``gmacs_*`` and ``gflops_*`` = 2 x MACs), and with a reference
+  over the reference's decoded lengths (``gmacs_utterance_ref_lengths``);
 * WER/CER raw and normalised with a bootstrap 95 % CI, a paired test against the reference;
-* latency: batch-1 greedy decoding per utterance (median, p90), RTFx, and a batched RTFx, with
-  the reference timed interleaved in the same process (``speedup_vs_reference``);
+* latency: batch-1 greedy decoding per utterance (p10, p50, p90 over utterances, each the median of
+  ``latency_repeats`` rounds), RTFx, and a batched RTFx, with the reference timed interleaved in the
+  same process (``speedup_vs_reference`` with its bootstrap CI, min and max); and the fixed-length
+  timing of the architecture (``fixed_encoder_*``: the encoder alone, ``fixed_latency_*``: encoder +
+  ``fixed_tokens`` decoder steps; ``fixed_repeats`` interleaved rounds, with spread);
 * optionally the real-scale timing of the same kept structure on a real architecture.
 """
 
@@ -45,6 +49,10 @@ MEASURE_SCHEMA: dict[str, Spec] = {
     "num_threads": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "bootstrap_resamples": _POSITIVE_INT,
     "latency_utterances": _POSITIVE_INT, "rss_utterances": _POSITIVE_INT,
     "real_scale_tokens": _POSITIVE_INT, "real_scale_repeats": _POSITIVE_INT,
+    # batch-1 latency: rounds over the latency utterances (each utterance timed this many times)
+    "latency_repeats": _POSITIVE_INT,
+    # fixed-length timing: encoder + exactly fixed_tokens decoder steps, fixed_repeats rounds (0 = off)
+    "fixed_tokens": _POSITIVE_INT, "fixed_repeats": Spec(int, min=0),
     # cap on generated tokens per utterance (null: the model's generation config, max_length)
     "max_new_tokens": Spec(int, required=False, min=1),
 }
@@ -118,8 +126,16 @@ def _whisper_batch_features(processor: Any, rows: list[dict[str, Any]]) -> torch
 
 def _per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], language: str,
                      reference: torch.nn.Module | None, ref_processor: Any, seed: int,
-                     max_new_tokens: int | None = None) -> dict[str, Any]:
-    """Batch-1 greedy decode of each row, variant and reference interleaved per utterance."""
+                     max_new_tokens: int | None = None, repeats: int = 1,
+                     n_resamples: int = 1000) -> dict[str, Any]:
+    """Batch-1 greedy decode of each row, variant and reference interleaved per utterance.
+
+    ``repeats`` rounds over the rows after one warm-up call each; in every round each utterance is
+    decoded by the variant and the reference back to back, in a fresh random order. An utterance's
+    time is its median over the rounds. Latencies ``latency_ms_p10`` / ``_p50`` / ``_p90`` over the
+    utterances; ``speedup_vs_reference`` = median over utterances of the paired ratio reference /
+    variant time, with its seeded bootstrap 95 % CI (``_ci_low`` / ``_ci_high``) and ``_min`` / ``_max``.
+    """
     fns: dict[str, list] = {"variant": [], "reference": []}
     for row in rows:
         for name, m, p in (("variant", model, processor), ("reference", reference, ref_processor)):
@@ -132,22 +148,60 @@ def _per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str
     names = [n for n in fns if fns[n]]
     for n in names:  # warm-up
         fns[n][0]()
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, np.ndarray] = {n: np.zeros((repeats, len(rows))) for n in names}
     rng = np.random.default_rng(seed)
-    for i in range(len(rows)):
-        for n in rng.permutation(names):
-            times[n].extend(latency.time_callable(fns[n][i], warmup=0, repeats=1))
+    for r in range(repeats):
+        for i in range(len(rows)):
+            for n in rng.permutation(names):
+                times[n][r, i] = latency.time_callable(fns[n][i], warmup=0, repeats=1)[0]
     audio_s = [r["duration"] for r in rows]
     out: dict[str, Any] = {}
+    per_utt: dict[str, np.ndarray] = {}
     for n in names:
-        t = np.asarray(times[n])
+        t = per_utt[n] = np.median(times[n], axis=0)
         prefix = "" if n == "variant" else "reference_"
-        out[f"{prefix}latency_ms_p50"] = float(np.median(t) * 1e3)
-        out[f"{prefix}latency_ms_p90"] = float(np.percentile(t, 90) * 1e3)
+        for q in (10, 50, 90):
+            out[f"{prefix}latency_ms_p{q}"] = float(np.percentile(t, q) * 1e3)
         out[f"{prefix}rtfx_b1"] = float(sum(audio_s) / t.sum())
     if "reference" in times:
-        out["speedup_vs_reference"] = out["reference_latency_ms_p50"] / out["latency_ms_p50"]
+        out.update(latency.paired_speedup(list(per_utt["reference"]), list(per_utt["variant"]), n_resamples,
+                                          seed, prefix="speedup_vs_reference"))
     out["latency_utterances"] = len(rows)
+    out["latency_repeats"] = repeats
+    return out
+
+
+def _fixed_length_timing(model: torch.nn.Module, processor: Any, row: dict[str, Any],
+                         reference: torch.nn.Module | None, ref_processor: Any, tokens: int, repeats: int,
+                         seed: int, n_resamples: int) -> dict[str, Any]:
+    """Batch-1 time of the architecture, independent of what the model emits: ``fixed_encoder_*``
+    (the encoder alone) and ``fixed_latency_*`` (encoder + exactly ``tokens`` greedy decoder steps,
+    ``latency.whisper_greedy_decode``) on one test utterance, the reference interleaved in shuffled
+    rounds (``latency.interleaved_timings``: two warm-up rounds, ``repeats`` timed rounds).
+    ``*_ms_p50`` / ``_min`` / ``_max`` over the rounds; ``*_speedup`` (+ CI, min, max) from the
+    per-round paired ratios (``latency.paired_speedup``)."""
+    models = {"variant": (model, processor)}
+    if reference is not None:
+        models["reference"] = (reference, ref_processor)
+    feats = {n: _whisper_batch_features(p, [row]) for n, (_, p) in models.items()}
+
+    def encoder(m: torch.nn.Module, f: torch.Tensor) -> None:
+        with torch.inference_mode():
+            m.model.encoder(f)
+
+    out: dict[str, Any] = {"fixed_latency_tokens": tokens, "fixed_repeats": repeats}
+    for i, (what, fn) in enumerate((("fixed_encoder", encoder),
+                                    ("fixed_latency", lambda m, f: latency.whisper_greedy_decode(m, f, tokens)))):
+        t = latency.interleaved_timings({n: (lambda m=m, f=feats[n], fn=fn: fn(m, f)) for n, (m, _) in models.items()},
+                                        warmup=2, repeats=repeats, seed=seed + i)
+        for n, s in t.items():
+            prefix = what if n == "variant" else f"reference_{what}"
+            ms = np.asarray(s) * 1e3
+            out.update({f"{prefix}_ms_p50": float(np.median(ms)), f"{prefix}_ms_min": float(ms.min()),
+                        f"{prefix}_ms_max": float(ms.max())})
+        if reference is not None:
+            out.update(latency.paired_speedup(t["reference"], t["variant"], n_resamples, seed + i,
+                                              prefix=f"{what}_speedup"))
     return out
 
 
@@ -168,17 +222,20 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
                     reference_metrics: Mapping[str, Any] | None = None,
                     reference_errors: list[int] | None = None,
                     real_scale: str | None = None,
+                    reference_lengths: list[int] | None = None,
                     extra_normalizers: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure one Whisper variant on ``rows`` (its test split). Returns (metrics, hypotheses rows).
 
     With a reference (its directory, its metrics and its per-utterance errors from its hypotheses
     file), relative figures (``*_reduction_pct``, ``wer_delta_abs``, ``speedup_vs_reference``) and
-    a paired bootstrap test (``paired_*``) against it are added.
+    a paired bootstrap test (``paired_*``) against it are added. ``reference_lengths`` (the
+    reference's decoded token counts, its hypotheses' ``tokens``) adds ``gmacs_utterance_ref_lengths``:
+    this variant's FLOPs decoding the reference's lengths, so it is not credited for emitting fewer tokens.
 
     ``mcfg`` is the ``measure`` params section: ``num_threads``, ``batch_size``,
     ``bootstrap_resamples``, ``latency_utterances``, ``rss_utterances``, ``real_scale_repeats``,
-    ``real_scale_tokens``, ``device`` (where the batched WER decoding runs; its peak CUDA memory is
-    ``cuda_peak_mib``) and optionally ``max_new_tokens`` (a cap on generated tokens). Batch-1 latency, FLOPs and real-scale timing run on the CPU (``latency_device``).
+    ``real_scale_tokens``, ``latency_repeats``, ``fixed_tokens``, ``fixed_repeats``, ``device`` (where
+    the batched WER decoding runs; its peak CUDA memory is ``cuda_peak_mib``) and optionally ``max_new_tokens`` (a cap on generated tokens). Batch-1 latency, FLOPs and real-scale timing run on the CPU (``latency_device``).
     """
     latency.set_threads(int(mcfg["num_threads"]))
     model, processor = load_variant(model_dir)
@@ -222,14 +279,23 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
 
     # FLOPs over the actual decoded lengths -------------------------------------------------
     metrics.update(flops_metrics(model, decoded_lengths=lengths, prompt_len=4))
+    if reference_lengths is not None:
+        if len(reference_lengths) != len(rows):
+            raise ValueError(f"reference has {len(reference_lengths)} decoded lengths, test set has {len(rows)}")
+        at_ref = flops_metrics(model, decoded_lengths=list(reference_lengths), prompt_len=4)["gmacs_utterance"]
+        metrics.update(gmacs_utterance_ref_lengths=at_ref, gflops_utterance_ref_lengths=2 * at_ref)
 
     # latency, interleaved with the reference -----------------------------------------------
     reference, ref_processor = (None, None)
     if reference_dir is not None and Path(reference_dir).resolve() != Path(model_dir).resolve():
         reference, ref_processor = load_variant(reference_dir)
     lat_rows = rows[: int(mcfg["latency_utterances"])]
+    n_boot = int(mcfg["bootstrap_resamples"])
     metrics.update(_per_utt_latency(model, processor, lat_rows, language, reference, ref_processor, seed,
-                                    mcfg.get("max_new_tokens")))
+                                    mcfg.get("max_new_tokens"), int(mcfg["latency_repeats"]), n_boot))
+    if int(mcfg["fixed_repeats"]) > 0:
+        metrics.update(_fixed_length_timing(model, processor, rows[0], reference, ref_processor,
+                                            int(mcfg["fixed_tokens"]), int(mcfg["fixed_repeats"]), seed, n_boot))
 
     # peak RSS of a separate process transcribing test utterances ---------------------------
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,6 +315,10 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
                     "gmacs_encoder", "gmacs_decoder_token", "gmacs_utterance"):
             if metrics.get(key) is not None and reference_metrics.get(key):
                 metrics[f"{key}_reduction_pct"] = percent_reduction(metrics[key], reference_metrics[key])
+        if metrics.get("gmacs_utterance_ref_lengths") is not None and reference_metrics.get("gmacs_utterance"):
+            # the reference at its own decoded lengths is its gmacs_utterance
+            metrics["gmacs_utterance_ref_lengths_reduction_pct"] = percent_reduction(
+                metrics["gmacs_utterance_ref_lengths"], reference_metrics["gmacs_utterance"])
         if reference_metrics.get("wer_pct") is not None:
             metrics["wer_delta_abs"] = metrics["wer_pct"] - reference_metrics["wer_pct"]
     if reference_errors is not None:

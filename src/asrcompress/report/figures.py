@@ -55,30 +55,19 @@ def _f(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def p1_points(root: Path) -> list[Point]:
-    """``reports/metrics/p1.json`` (p1_measure): one entry per variant, WER under the first normaliser."""
-    path = root / "reports/metrics/p1.json"
-    data = _read(path)
-    if not data:
-        return []
-    norm = data["normalizers"][0]
-    out = []
-    for name, m in data.items():
-        if not isinstance(m, dict) or "params_m" not in m:
-            continue
-        out.append(Point("p1", name, m["params_m"], m["nonzero_params_m"], m[f"wer_{norm}_pct"],
-                         is_reference=name == data.get("reference"), gflops_utterance=_f(m.get("gflops_utterance")),
-                         speedup=_f(m.get("fixed_latency_speedup")),
-                         wer_ci_low_pct=_f(m.get(f"wer_{norm}_ci_low_pct")),
-                         wer_ci_high_pct=_f(m.get(f"wer_{norm}_ci_high_pct")), source=str(path.relative_to(root))))
-    return out
-
-
 def _suite_point(paper: str, name: str, m: dict[str, Any], source: str, reference: bool = False) -> Point:
     return Point(paper, name, m["params_m"], m["nonzero_params_m"], m["wer_pct"], is_reference=reference,
                  gflops_utterance=_f(m.get("gflops_utterance")), speedup=_f(m.get("speedup_vs_reference")),
                  real_speedup=_f(m.get("real_speedup_30s")), wer_ci_low_pct=_f(m.get("wer_ci_low_pct")),
                  wer_ci_high_pct=_f(m.get("wer_ci_high_pct")), source=source)
+
+
+P1_VARIANTS = ("p1_dense_ft_hi", "sgl_pruned_hi", "p1_imp_hi")  # params.yaml `variants` keys of paper 1
+
+
+def p1_points(root: Path) -> list[Point]:
+    """Paper 1's ``measure@<key>`` files (``P1_VARIANTS``) and their reference, by the generic reader."""
+    return measured_variants(root, list(P1_VARIANTS), paper="p1")
 
 
 def p2_points(root: Path) -> list[Point]:
@@ -141,19 +130,20 @@ EXTRACTORS: dict[str, Callable[[Path], list[Point]]] = {"p1": p1_points, "p2": p
                                                          "p4": p4_points}
 
 
-def measured_variants(root: Path, keys: list[str]) -> list[Point]:
-    """``reports/metrics/<key>.json`` of the generic ``measure@<key>`` stage (params ``variants``)."""
+def measured_variants(root: Path, keys: list[str], paper: str = "variants") -> list[Point]:
+    """``reports/metrics/<key>.json`` of the generic ``measure@<key>`` stage (params ``variants``),
+    drawn in the panel ``paper``, with each reference once as its star."""
     out, refs = [], []
     for key in keys:
         path = root / f"reports/metrics/{key}.json"
         m = _read(path)
         if not m:
             continue
-        out.append(_suite_point("variants", key, m, str(path.relative_to(root))))
+        out.append(_suite_point(paper, key, m, str(path.relative_to(root))))
         ref = m.get("reference")
         if ref and ref not in refs and (rm := _read(root / f"reports/metrics/{ref}.json")):
             refs.append(ref)  # the dense reference joins the panel once, as its star
-            out.insert(len(refs) - 1, _suite_point("variants", ref, rm, f"reports/metrics/{ref}.json", reference=True))
+            out.insert(len(refs) - 1, _suite_point(paper, ref, rm, f"reports/metrics/{ref}.json", reference=True))
     return out
 
 
@@ -163,7 +153,9 @@ def collect_points(root: str | Path = ".", papers: list[str] | None = None,
     generic ``variants`` measured by ``measure@<key>``."""
     root = Path(root)
     points = [p for paper in (papers or list(EXTRACTORS)) for p in EXTRACTORS[paper](root)]
-    return points + measured_variants(root, variants or [])
+    drawn = {p.source for p in points if not p.is_reference}  # a paper's own variants are not drawn twice
+    rest = [k for k in variants or [] if f"reports/metrics/{k}.json" not in drawn]
+    return points + measured_variants(root, rest)
 
 
 def _save(fig: Any, path: str | Path) -> Path:

@@ -4,6 +4,9 @@ our metrics files. Nothing here knows a paper's numbers; they are all data.
 Status of a row:
 * ``matches``: within the row's tolerance (numbers) or passing its ``check`` (qualitative claims);
 * ``differs``: measured, outside tolerance / failing the check;
+* ``inconclusive``: a ``check`` with ``use_ci: true`` (the claim must hold for the whole 95 % CI,
+  whose bounds ``ours.ci: [low key, high key]`` name) whose CI straddles the bound: ``matches`` needs
+  the whole CI inside the check, ``differs`` the whole CI outside it;
 * ``not comparable in <profile>``: the setting only exists in another profile (reason given);
   our figure is still shown when there is one;
 * ``not run``: the metrics file or key is missing (the stage has not run in this checkout).
@@ -44,6 +47,8 @@ def load_reported(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path}: row {row['id']}: kind must be relative|absolute|qualitative")
         if row.get("ours") is None and "reason" not in row:
             raise ValueError(f"{path}: row {row['id']}: no 'ours' mapping and no 'reason' why not")
+        if (row.get("check") or {}).get("use_ci") and len((row.get("ours") or {}).get("ci") or []) != 2:
+            raise ValueError(f"{path}: row {row['id']}: check.use_ci needs ours.ci: [low key, high key]")
     return data
 
 
@@ -62,7 +67,8 @@ def dig(data: Mapping[str, Any], key: str) -> Any:
 
 def _lookup(root: Path, ours: Mapping[str, Any] | None) -> tuple[float | None, str | None]:
     """Our figure for one row. ``ours`` = {metrics: file, key: (dotted) key} plus optionally
-    ``minus: key`` (a difference of two figures of the same file) or ``percent_of: key``."""
+    ``minus: key`` (a difference of two figures of the same file; ``minus: {metrics: file, key: key}``
+    takes the second figure from another file) or ``percent_of: key``."""
     if not ours:
         return None, None
     path = root / ours["metrics"]
@@ -73,9 +79,12 @@ def _lookup(root: Path, ours: Mapping[str, Any] | None) -> tuple[float | None, s
     if value is None:
         return None, f"not run (no '{ours['key']}' in {ours['metrics']})"
     if "minus" in ours:  # a difference of two figures, e.g. WER(IMP) - WER(ours)
-        other = dig(data, ours["minus"])
+        minus = ours["minus"] if isinstance(ours["minus"], Mapping) else {"metrics": ours["metrics"],
+                                                                          "key": ours["minus"]}
+        other_path = root / minus["metrics"]
+        other = dig(json.loads(other_path.read_text()), minus["key"]) if other_path.is_file() else None
         if other is None:
-            return None, f"not run (no '{ours['minus']}' in {ours['metrics']})"
+            return None, f"not run (no '{minus['key']}' in {minus['metrics']})"
         return float(value) - float(other), None
     if "percent_of" in ours:  # a relative figure: 100 * value / data[percent_of]
         base = dig(data, ours["percent_of"])
@@ -112,10 +121,35 @@ def _near_zero(check: Mapping[str, Any], figures: Mapping[str, Any] | None, metr
     return ("matches" if inside and not sig else "differs"), note
 
 
+def _ci(root: Path, ours: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """The 95 % CI bounds ``ours.ci`` names (keys of the row's metrics file), None when absent."""
+    keys = (ours or {}).get("ci")
+    path = root / ours["metrics"] if keys else None
+    if not keys or not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    low, high = dig(data, keys[0]), dig(data, keys[1])
+    return None if low is None or high is None else (float(low), float(high))
+
+
+def _check_status(value: float, check: Mapping[str, Any], ci: tuple[float, float] | None) -> str:
+    """``matches`` / ``differs`` for a check; with ``use_ci``, by the whole CI (else ``inconclusive``)."""
+    if not check.get("use_ci"):
+        return "matches" if _check(value, check) else "differs"
+    if ci is None:
+        return "not run (no 95 % CI for a use_ci check)"
+    if _check(ci[0], check) and _check(ci[1], check):
+        return "matches"
+    outside = (("max" in check and ci[0] > float(check["max"]))
+               or ("min" in check and ci[1] < float(check["min"])))
+    return "differs" if outside else f"inconclusive: 95 % CI [{ci[0]:.4g}, {ci[1]:.4g}] straddles the bound"
+
+
 def compare_row(row: Mapping[str, Any], ours: float | None, missing: str | None, profile: str,
-                figures: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One table row: our value beside the reported one, with difference and status. ``figures``: the
-    row's whole metrics file (read by a ``near_zero`` check)."""
+                ci: tuple[float, float] | None = None, figures: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One table row: our value beside the reported one, with difference and status (``ci``: our
+    figure's 95 % CI, used by a ``check`` with ``use_ci: true``; ``figures``: the row's whole metrics
+    file, read by a ``near_zero`` check)."""
     reported = row["reported"]
     out = {"id": row["id"], "setting": "; ".join(f"{k}: {v}" for k, v in row["setting"].items()),
            "quantity": row["quantity"], "unit": row.get("unit", ""), "source": row["source"],
@@ -136,7 +170,7 @@ def compare_row(row: Mapping[str, Any], ours: float | None, missing: str | None,
         out["status"], note = _near_zero(row["check"]["near_zero"], figures, row["ours"]["metrics"])
         out["note"] = "; ".join(n for n in (out["note"], note) if n)
     elif "check" in row:
-        out["status"] = "matches" if _check(ours, row["check"]) else "differs"
+        out["status"] = _check_status(ours, row["check"], ci)
     elif isinstance(reported, int | float):
         tol = float(row.get("tolerance", 0.0))
         out["status"] = "matches" if math.isclose(ours, float(reported), abs_tol=tol) else "differs"
@@ -159,7 +193,7 @@ def build_table(reported_yaml: str | Path, root: str | Path, profile: str,
         figures = None
         if "near_zero" in row.get("check", {}) and ours is not None:
             figures = json.loads((root / row["ours"]["metrics"]).read_text())
-        rows.append(compare_row(row, ours, missing, profile, figures))
+        rows.append(compare_row(row, ours, missing, profile, _ci(root, row.get("ours")), figures))
     return data, rows
 
 
