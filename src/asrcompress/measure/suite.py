@@ -13,6 +13,11 @@ via ``load_compressed``), its reference (the dense model it is compared to), and
 * latency: batch-1 greedy decoding per utterance (median, p90), RTFx, and a batched RTFx, with
   the reference timed interleaved in the same process (``speedup_vs_reference``);
 * optionally the real-scale timing of the same kept structure on a real architecture.
+
+wav2vec 2.0 / HuBERT CTC models (paper 4) go through the same function and schema: greedy CTC
+decoding (``inference.transcribe``), FLOPs of the whole forward on an utterance of the mean test
+duration (``gmacs_utterance``, plus ``gmacs_per_audio_s``), batch-1 latency of the forward +
+greedy decode, and the peak RSS of a probe process running the forward on test utterances.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import torch
 
 from asrcompress.compress.checkpoint import load_compressed, read_compression_record
 from asrcompress.config import ParamError, Spec, check_section, get
-from asrcompress.inference import prompt_kwargs, transcribe_whisper
+from asrcompress.inference import CTC_MODEL_TYPES, prompt_kwargs, transcribe
 from asrcompress.measure import latency, memory
-from asrcompress.measure.flops import flops_metrics
+from asrcompress.measure.flops import ctc_flops, flops_metrics
 from asrcompress.measure.params import count_params, percent_reduction
 from asrcompress.measure.wer import paired_bootstrap, per_utterance_errors, score
 from asrcompress.text.normalize import get_normalizer
@@ -151,6 +156,48 @@ def _per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str
     return out
 
 
+def _ctc_batch_input(processor: Any, rows: list[dict[str, Any]]) -> torch.Tensor:
+    """Normalised, zero-padded samples of ``rows`` (batch x samples), as the CTC model takes them."""
+    audio = [np.asarray(r["audio"]["array"], dtype=np.float32) for r in rows]
+    return processor.feature_extractor(audio, sampling_rate=16000, padding=True, return_tensors="pt").input_values
+
+
+def _ctc_per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]],
+                         reference: torch.nn.Module | None, ref_processor: Any, seed: int) -> dict[str, Any]:
+    """Batch-1 CTC forward + greedy decode (arg-max, collapse, detokenise) of each row, variant and
+    reference interleaved per utterance in a seeded random order; the keys of ``_per_utt_latency``."""
+    from asrcompress.models.ctc import greedy_ids
+
+    def call(m: torch.nn.Module, p: Any, x: torch.Tensor) -> Any:
+        def run() -> str:
+            with torch.inference_mode():
+                logits = m(x).logits
+            ids = greedy_ids(logits, [logits.shape[1]], blank=p.tokenizer.pad_token_id)[0]
+            return p.tokenizer.decode(ids, group_tokens=False)
+        return run
+
+    pairs = [("variant", model, processor), ("reference", reference, ref_processor)]
+    fns = {n: [call(m, p, _ctc_batch_input(p, [row])) for row in rows] for n, m, p in pairs if m is not None}
+    for n in fns:  # warm-up
+        fns[n][0]()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    rng = np.random.default_rng(seed)
+    for i in range(len(rows)):
+        for n in rng.permutation(list(fns)):
+            times[n].extend(latency.time_callable(fns[n][i], warmup=0, repeats=1))
+    audio_s = sum(r["duration"] for r in rows)
+    out: dict[str, Any] = {}
+    for n, t in times.items():
+        prefix = "" if n == "variant" else "reference_"
+        out[f"{prefix}latency_ms_p50"] = float(np.median(t) * 1e3)
+        out[f"{prefix}latency_ms_p90"] = float(np.percentile(t, 90) * 1e3)
+        out[f"{prefix}rtfx_b1"] = float(audio_s / sum(t))
+    if "reference" in times:
+        out["speedup_vs_reference"] = out["reference_latency_ms_p50"] / out["latency_ms_p50"]
+    out["latency_utterances"] = len(rows)
+    return out
+
+
 def real_scale_summary(m: Mapping[str, Any]) -> dict[str, Any]:
     """Speed-ups (dense / compressed time) and the parameter reduction of the real-architecture
     timing keys ``real_*`` (see ``real_scale.real_scale_report``); {} when they are absent."""
@@ -169,7 +216,7 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
                     reference_errors: list[int] | None = None,
                     real_scale: str | None = None,
                     extra_normalizers: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Measure one Whisper variant on ``rows`` (its test split). Returns (metrics, hypotheses rows).
+    """Measure one Whisper or CTC (wav2vec2 / HuBERT) variant on ``rows`` (its test split). Returns (metrics, hypotheses rows).
 
     With a reference (its directory, its metrics and its per-utterance errors from its hypotheses
     file), relative figures (``*_reduction_pct``, ``wer_delta_abs``, ``speedup_vs_reference``) and
@@ -182,8 +229,10 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
     """
     latency.set_threads(int(mcfg["num_threads"]))
     model, processor = load_variant(model_dir)
-    if model.config.model_type != "whisper":
-        raise ValueError(f"{model_dir}: measure_variant handles Whisper models; got {model.config.model_type}")
+    ctc = model.config.model_type in CTC_MODEL_TYPES
+    if model.config.model_type != "whisper" and not ctc:
+        raise ValueError(f"{model_dir}: measure_variant handles Whisper and CTC models "
+                         f"({', '.join(CTC_MODEL_TYPES)}); got {model.config.model_type}")
     record = read_compression_record(model_dir) or {}
     metrics: dict[str, Any] = {"model_dir": str(model_dir), "method": record.get("method", "dense")}
 
@@ -199,8 +248,8 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
 
     def decode() -> None:
         t0 = time.perf_counter()
-        decoded["out"] = transcribe_whisper(model, processor, rows, language, int(mcfg["batch_size"]),
-                                             max_new_tokens=mcfg.get("max_new_tokens"))
+        decoded["out"] = transcribe(model, processor, rows, language, int(mcfg["batch_size"]),
+                                    max_new_tokens=mcfg.get("max_new_tokens"))
         decoded["seconds"] = time.perf_counter() - t0
 
     cuda_peak = memory.cuda_peak_mib(decode) if device.startswith("cuda") else decode()
@@ -221,23 +270,33 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
                 for r, h, n, e, w in zip(rows, hyps, lengths, errs["errors"], errs["n_ref_words"], strict=True)]
 
     # FLOPs over the actual decoded lengths -------------------------------------------------
-    metrics.update(flops_metrics(model, decoded_lengths=lengths, prompt_len=4))
+    if ctc:  # the whole forward on an utterance of the mean test duration
+        cf = ctc_flops(model, seconds=audio_s / len(rows))
+        metrics.update({**cf, "gmacs_utterance": cf["gmacs_forward"], "gflops_utterance": 2 * cf["gmacs_forward"]})
+    else:
+        metrics.update(flops_metrics(model, decoded_lengths=lengths, prompt_len=4))
 
     # latency, interleaved with the reference -----------------------------------------------
     reference, ref_processor = (None, None)
     if reference_dir is not None and Path(reference_dir).resolve() != Path(model_dir).resolve():
         reference, ref_processor = load_variant(reference_dir)
     lat_rows = rows[: int(mcfg["latency_utterances"])]
-    metrics.update(_per_utt_latency(model, processor, lat_rows, language, reference, ref_processor, seed,
-                                    mcfg.get("max_new_tokens")))
+    if ctc:
+        metrics.update(_ctc_per_utt_latency(model, processor, lat_rows, reference, ref_processor, seed))
+    else:
+        metrics.update(_per_utt_latency(model, processor, lat_rows, language, reference, ref_processor, seed,
+                                        mcfg.get("max_new_tokens")))
 
     # peak RSS of a separate process transcribing test utterances ---------------------------
     with tempfile.TemporaryDirectory() as tmp:
-        feats = _whisper_batch_features(processor, rows[: int(mcfg["rss_utterances"])])
+        rss_rows = rows[: int(mcfg["rss_utterances"])]
+        feats = _ctc_batch_input(processor, rss_rows) if ctc else _whisper_batch_features(processor, rss_rows)
         torch.save(feats, Path(tmp) / "features.pt")
+        task = ["--task", "forward"] if ctc else [
+            "--task", "generate", "--new-tokens", str(int(round(statistics.mean(lengths))))]
         rss = memory.peak_rss_subprocess(
-            [sys.executable, "-m", "asrcompress.measure.memory_probe", str(model_dir), "--task", "generate",
-             "--batch", str(feats.shape[0]), "--new-tokens", str(int(round(statistics.mean(lengths)))),
+            [sys.executable, "-m", "asrcompress.measure.memory_probe", str(model_dir), *task,
+             "--batch", str(feats.shape[0]),
              "--threads", str(int(mcfg["num_threads"])), "--input", str(Path(tmp) / "features.pt")])
     metrics.update({k: rss[k] for k in ("peak_rss_mib", "peak_rss_delta_mib", "baseline_rss_mib") if k in rss})
     metrics["cuda_peak_mib"] = cuda_peak  # peak allocated CUDA memory of the batched decoding; None on CPU
