@@ -1,5 +1,5 @@
 """report: every paper's table (reported vs reproduced), the all-variants table, the cross-paper
-figures (WER vs parameters / FLOPs, speed-up bars) and the index ``reports/README.md``.
+figures (WER vs parameters / FLOPs, speed-up bars), paper 4's gate figures and the index ``reports/README.md``.
 
     python stages/report.py p1 p2 p3 p4
 """
@@ -13,7 +13,7 @@ import yaml
 
 from asrcompress.config import load_params
 from asrcompress.io import log, setup_logging
-from asrcompress.report.figures import write_all
+from asrcompress.report.figures import plot_p4_compression, write_all
 from asrcompress.report.tables import build_table, write_index, write_table
 
 
@@ -44,6 +44,9 @@ def main(*papers: str) -> None:
                  paper, paper, paper, len(rows))
     for path in write_all(".", list(papers), list(cfg.get("variants") or {})):
         log.info("report: %s", path)
+    for key in (cfg["p4"]["models"] if "p4" in papers else []):  # p4_compress's traces
+        for path in plot_p4_compression(f"reports/p4/{key}", "reports/figures"):
+            log.info("report: %s", path)
     write_index(built, "reports/README.md")
 
 

@@ -41,10 +41,10 @@ def metrics_tree(tmp_path: Path) -> Path:
     _write(tmp_path / "reports/p3/sweep.json", {"points": [
         {"point": "dense", "params_m": 1.0, "nonzero_params_m": 1.0, "wer_pct": 17.0},
         {"point": "global_x100", "params_m": 1.0, "nonzero_params_m": 0.6, "wer_pct": 19.0}]})
-    _write(m / "p4_wav2vec2.json", {"dense_params": 500_000, "dense_wer_pct": 50.0,
-                                    "gates_params": 500_000, "gates_nonzero_params": 200_000, "gates_wer_pct": 51.0,
-                                    "structured_params": 300_000, "structured_nonzero_params": 300_000,
-                                    "structured_wer_pct": 55.0})
+    _write(m / "p4_wav2vec2_dense.json", _suite(0.5, 0.5, 50.0))  # measure@ files of paper 4's entries
+    _write(m / "p4_wav2vec2_gates.json", _suite(0.5, 0.2, 51.0, reference="p4_wav2vec2_dense"))
+    _write(m / "p4_wav2vec2_structured.json", _suite(0.3, 0.3, 55.0, reference="p4_wav2vec2_dense"))
+    _write(m / "p4_wav2vec2_gates_vs_control.json", {"wer_delta_abs": 1.0})  # a compare@ file: no point
     return tmp_path
 
 
@@ -60,6 +60,8 @@ def test_points_follow_the_metrics_files(metrics_tree: Path) -> None:
     assert points[("p4", "wav2vec2:structured")].params_m == pytest.approx(0.3)  # physically removed
     assert points[("p4", "wav2vec2:gates")].params_m == pytest.approx(0.5)       # masked
     assert ("p4", "wav2vec2:ump") not in points  # absent from the metrics file: not invented
+    assert points[("p4", "wav2vec2:dense")].is_reference and points[("p4", "wav2vec2:gates")].nonzero_params_m == 0.2
+    assert len([p for p in points.values() if p.paper == "p4"]) == 3
 
 
 def test_generic_variants_join_the_points(metrics_tree: Path) -> None:
@@ -69,6 +71,9 @@ def test_generic_variants_join_the_points(metrics_tree: Path) -> None:
     generic = [p for p in points if p.paper == "variants"]  # sgl_pruned_hi is drawn once, in p1's panel
     assert [(p.variant, p.is_reference) for p in generic] == [("dense_bm", True), ("my_method", False)]
     assert generic[-1].speedup == 1.7 and generic[0].wer_pct == 18.0
+    # a paper's own variant listed under `variants` (paper 4's) is drawn in its paper's panel only
+    both = collect_points(metrics_tree, ["p4"], ["p4_wav2vec2_gates", "my_method"])
+    assert [(p.paper, p.variant) for p in both if "gates" in p.variant] == [("p4", "wav2vec2:gates")]
 
 
 def test_figures_and_variants_table_are_written(metrics_tree: Path) -> None:

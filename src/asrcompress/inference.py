@@ -1,4 +1,8 @@
-"""Greedy transcription of a dataset split (raw hypotheses; normalisation happens at scoring)."""
+"""Greedy transcription of a dataset split (raw hypotheses; normalisation happens at scoring).
+
+:func:`transcribe` is the one decoding entry point: Whisper ``generate`` (:func:`transcribe_whisper`)
+or greedy CTC for wav2vec 2.0 / HuBERT (``models.ctc.ctc_decode``), chosen by
+``model.config.model_type``."""
 
 from __future__ import annotations
 
@@ -58,3 +62,25 @@ def transcribe_whisper(model: torch.nn.Module, processor: Any, rows: Sequence[di
             hyps[i] = text.strip()
             lengths[i] = sum(1 for t in seq if t != eot) + 1  # tokens incl. the final EOT
     return hyps, lengths
+
+
+CTC_MODEL_TYPES = ("wav2vec2", "hubert")
+
+
+def transcribe(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]], language: str,
+               batch_size: int = 16, max_new_tokens: int | None = None,
+               progress: bool = True) -> tuple[list[str], list[int]]:
+    """Greedy-decode every row; returns (hypotheses, tokens per row) in the order of ``rows``.
+
+    Whisper: ``generate`` with the language / transcribe prompt, tokens = generated tokens incl. the
+    final EOT. wav2vec2 / HuBERT: greedy CTC, tokens = emitted labels (``language`` and
+    ``max_new_tokens`` do not apply: a CTC model emits at most one label per frame)."""
+    kind = model.config.model_type
+    if kind == "whisper":
+        return transcribe_whisper(model, processor, rows, language, batch_size, max_new_tokens=max_new_tokens,
+                                  progress=progress)
+    if kind in CTC_MODEL_TYPES:
+        from asrcompress.models.ctc import ctc_decode
+
+        return ctc_decode(model, processor, rows, batch_size)
+    raise ValueError(f"transcribe: no decoder for model type {kind!r} (whisper, {', '.join(CTC_MODEL_TYPES)})")

@@ -17,6 +17,11 @@ via ``load_compressed``), its reference (the dense model it is compared to), and
   timing of the architecture (``fixed_encoder_*``: the encoder alone, ``fixed_latency_*``: encoder +
   ``fixed_tokens`` decoder steps; ``fixed_repeats`` interleaved rounds, with spread);
 * optionally the real-scale timing of the same kept structure on a real architecture.
+
+wav2vec 2.0 / HuBERT CTC models (paper 4) go through the same function and schema: greedy CTC
+decoding (``inference.transcribe``), FLOPs of the whole forward on an utterance of the mean test
+duration (``gmacs_utterance``, plus ``gmacs_per_audio_s``), batch-1 latency of the forward +
+greedy decode, and the peak RSS of a probe process running the forward on test utterances.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +40,9 @@ import torch
 
 from asrcompress.compress.checkpoint import load_compressed, read_compression_record
 from asrcompress.config import ParamError, Spec, check_section, get
-from asrcompress.inference import prompt_kwargs, transcribe_whisper
+from asrcompress.inference import CTC_MODEL_TYPES, prompt_kwargs, transcribe
 from asrcompress.measure import latency, memory
-from asrcompress.measure.flops import flops_metrics
+from asrcompress.measure.flops import ctc_flops, flops_metrics
 from asrcompress.measure.params import count_params, percent_reduction
 from asrcompress.measure.wer import paired_bootstrap, per_utterance_errors, score
 from asrcompress.text.normalize import get_normalizer
@@ -124,6 +129,26 @@ def _whisper_batch_features(processor: Any, rows: list[dict[str, Any]]) -> torch
     return processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
 
 
+def _decode_one(m: torch.nn.Module, p: Any, row: dict[str, Any], language: str,
+                max_new_tokens: int | None) -> Callable[[], Any]:
+    """A call that decodes one row at batch 1, as deployed: Whisper greedy ``generate``, or the CTC
+    forward + greedy decode (arg-max, collapse, detokenise). Features are computed outside the call."""
+    if getattr(m.config, "model_type", "") == "whisper":
+        feats = _whisper_batch_features(p, [row])
+        return lambda: m.generate(feats, **prompt_kwargs(m, language), num_beams=1, do_sample=False,
+                                  max_new_tokens=max_new_tokens)
+    from asrcompress.models.ctc import greedy_ids
+
+    x = _ctc_batch_input(p, [row])
+
+    def run() -> str:
+        with torch.inference_mode():
+            logits = m(x).logits
+        ids = greedy_ids(logits, [logits.shape[1]], blank=p.tokenizer.pad_token_id)[0]
+        return p.tokenizer.decode(ids, group_tokens=False)
+    return run
+
+
 def _per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], language: str,
                      reference: torch.nn.Module | None, ref_processor: Any, seed: int,
                      max_new_tokens: int | None = None, repeats: int = 1,
@@ -139,12 +164,8 @@ def _per_utt_latency(model: torch.nn.Module, processor: Any, rows: list[dict[str
     fns: dict[str, list] = {"variant": [], "reference": []}
     for row in rows:
         for name, m, p in (("variant", model, processor), ("reference", reference, ref_processor)):
-            if m is None:
-                continue
-            feats = _whisper_batch_features(p, [row])
-            fns[name].append(lambda m=m, f=feats: m.generate(f, **prompt_kwargs(m, language),
-                                                            num_beams=1, do_sample=False,
-                                                            max_new_tokens=max_new_tokens))
+            if m is not None:
+                fns[name].append(_decode_one(m, p, row, language, max_new_tokens))
     names = [n for n in fns if fns[n]]
     for n in names:  # warm-up
         fns[n][0]()
@@ -205,6 +226,12 @@ def _fixed_length_timing(model: torch.nn.Module, processor: Any, row: dict[str, 
     return out
 
 
+def _ctc_batch_input(processor: Any, rows: list[dict[str, Any]]) -> torch.Tensor:
+    """Normalised, zero-padded samples of ``rows`` (batch x samples), as the CTC model takes them."""
+    audio = [np.asarray(r["audio"]["array"], dtype=np.float32) for r in rows]
+    return processor.feature_extractor(audio, sampling_rate=16000, padding=True, return_tensors="pt").input_values
+
+
 def real_scale_summary(m: Mapping[str, Any]) -> dict[str, Any]:
     """Speed-ups (dense / compressed time) and the parameter reduction of the real-architecture
     timing keys ``real_*`` (see ``real_scale.real_scale_report``); {} when they are absent."""
@@ -224,7 +251,7 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
                     real_scale: str | None = None,
                     reference_lengths: list[int] | None = None,
                     extra_normalizers: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Measure one Whisper variant on ``rows`` (its test split). Returns (metrics, hypotheses rows).
+    """Measure one Whisper or CTC (wav2vec2 / HuBERT) variant on ``rows`` (its test split). Returns (metrics, hypotheses rows).
 
     With a reference (its directory, its metrics and its per-utterance errors from its hypotheses
     file), relative figures (``*_reduction_pct``, ``wer_delta_abs``, ``speedup_vs_reference``) and
@@ -239,8 +266,10 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
     """
     latency.set_threads(int(mcfg["num_threads"]))
     model, processor = load_variant(model_dir)
-    if model.config.model_type != "whisper":
-        raise ValueError(f"{model_dir}: measure_variant handles Whisper models; got {model.config.model_type}")
+    ctc = model.config.model_type in CTC_MODEL_TYPES
+    if model.config.model_type != "whisper" and not ctc:
+        raise ValueError(f"{model_dir}: measure_variant handles Whisper and CTC models "
+                         f"({', '.join(CTC_MODEL_TYPES)}); got {model.config.model_type}")
     record = read_compression_record(model_dir) or {}
     metrics: dict[str, Any] = {"model_dir": str(model_dir), "method": record.get("method", "dense")}
 
@@ -256,8 +285,8 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
 
     def decode() -> None:
         t0 = time.perf_counter()
-        decoded["out"] = transcribe_whisper(model, processor, rows, language, int(mcfg["batch_size"]),
-                                             max_new_tokens=mcfg.get("max_new_tokens"))
+        decoded["out"] = transcribe(model, processor, rows, language, int(mcfg["batch_size"]),
+                                    max_new_tokens=mcfg.get("max_new_tokens"))
         decoded["seconds"] = time.perf_counter() - t0
 
     cuda_peak = memory.cuda_peak_mib(decode) if device.startswith("cuda") else decode()
@@ -278,8 +307,12 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
                 for r, h, n, e, w in zip(rows, hyps, lengths, errs["errors"], errs["n_ref_words"], strict=True)]
 
     # FLOPs over the actual decoded lengths -------------------------------------------------
-    metrics.update(flops_metrics(model, decoded_lengths=lengths, prompt_len=4))
-    if reference_lengths is not None:
+    if ctc:  # the whole forward on an utterance of the mean test duration
+        cf = ctc_flops(model, seconds=audio_s / len(rows))
+        metrics.update({**cf, "gmacs_utterance": cf["gmacs_forward"], "gflops_utterance": 2 * cf["gmacs_forward"]})
+    else:
+        metrics.update(flops_metrics(model, decoded_lengths=lengths, prompt_len=4))
+    if reference_lengths is not None and not ctc:
         if len(reference_lengths) != len(rows):
             raise ValueError(f"reference has {len(reference_lengths)} decoded lengths, test set has {len(rows)}")
         at_ref = flops_metrics(model, decoded_lengths=list(reference_lengths), prompt_len=4)["gmacs_utterance"]
@@ -293,17 +326,20 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
     n_boot = int(mcfg["bootstrap_resamples"])
     metrics.update(_per_utt_latency(model, processor, lat_rows, language, reference, ref_processor, seed,
                                     mcfg.get("max_new_tokens"), int(mcfg["latency_repeats"]), n_boot))
-    if int(mcfg["fixed_repeats"]) > 0:
+    if int(mcfg["fixed_repeats"]) > 0 and not ctc:  # a CTC forward has no output length to fix
         metrics.update(_fixed_length_timing(model, processor, rows[0], reference, ref_processor,
                                             int(mcfg["fixed_tokens"]), int(mcfg["fixed_repeats"]), seed, n_boot))
 
     # peak RSS of a separate process transcribing test utterances ---------------------------
     with tempfile.TemporaryDirectory() as tmp:
-        feats = _whisper_batch_features(processor, rows[: int(mcfg["rss_utterances"])])
+        rss_rows = rows[: int(mcfg["rss_utterances"])]
+        feats = _ctc_batch_input(processor, rss_rows) if ctc else _whisper_batch_features(processor, rss_rows)
         torch.save(feats, Path(tmp) / "features.pt")
+        task = ["--task", "forward"] if ctc else [
+            "--task", "generate", "--new-tokens", str(int(round(statistics.mean(lengths))))]
         rss = memory.peak_rss_subprocess(
-            [sys.executable, "-m", "asrcompress.measure.memory_probe", str(model_dir), "--task", "generate",
-             "--batch", str(feats.shape[0]), "--new-tokens", str(int(round(statistics.mean(lengths)))),
+            [sys.executable, "-m", "asrcompress.measure.memory_probe", str(model_dir), *task,
+             "--batch", str(feats.shape[0]),
              "--threads", str(int(mcfg["num_threads"])), "--input", str(Path(tmp) / "features.pt")])
     metrics.update({k: rss[k] for k in ("peak_rss_mib", "peak_rss_delta_mib", "baseline_rss_mib") if k in rss})
     metrics["cuda_peak_mib"] = cuda_peak  # peak allocated CUDA memory of the batched decoding; None on CPU

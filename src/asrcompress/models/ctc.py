@@ -23,7 +23,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import (
     HubertConfig,
@@ -48,6 +47,7 @@ __all__ = [
     "label_ids",
     "ctc_collapse",
     "greedy_ids",
+    "ctc_decode",
     "transcribe_ctc",
 ]
 
@@ -194,25 +194,37 @@ def greedy_ids(logits: torch.Tensor, lengths: Sequence[int] | torch.Tensor,
 
 
 @torch.inference_mode()
-def transcribe_ctc(model: torch.nn.Module, processor: Wav2Vec2Processor, rows: Sequence[dict[str, Any]],
-                   batch_size: int = 32) -> list[str]:
-    """Greedy CTC transcription of ``rows`` (common schema, 16 kHz audio); hypotheses in row order.
+def ctc_decode(model: torch.nn.Module, processor: Wav2Vec2Processor, rows: Sequence[dict[str, Any]],
+               batch_size: int = 32) -> tuple[list[str], list[int]]:
+    """Greedy CTC transcription of ``rows`` (common schema, 16 kHz audio): (hypotheses, number of
+    emitted labels per row: characters and word delimiters after collapsing), in row order.
 
-    Rows are batched in order of length (less padding) with attention masks; the valid frames of
-    each row come from the model's conv length formula."""
+    Every row's audio is checked first (1-D, non-empty, finite; :class:`AudioError` naming the
+    row's ``id``). Rows are batched in order of length (less padding) with attention masks; the
+    valid frames of each row come from the model's conv length formula."""
+    from asrcompress.data.audio import check_row_audio
+
+    arrays = [check_row_audio(r["audio"]["array"], str(r.get("id", f"row {i}"))) for i, r in enumerate(rows)]
     model.eval()
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["audio"]["array"]))
+    order = sorted(range(len(rows)), key=lambda i: arrays[i].size)
     hyps: dict[int, str] = {}
+    lengths: dict[int, int] = {}
     tok = processor.tokenizer
+    device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        audio = [np.asarray(rows[i]["audio"]["array"], dtype=np.float32) for i in idx]
-        inputs = processor.feature_extractor(audio, sampling_rate=16000, padding=True, return_tensors="pt",
-                                             return_attention_mask=True)
-        device = next(model.parameters()).device
+        inputs = processor.feature_extractor([arrays[i] for i in idx], sampling_rate=16000, padding=True,
+                                             return_tensors="pt", return_attention_mask=True)
         logits = model(inputs.input_values.to(device), attention_mask=inputs.attention_mask.to(device)).logits
         frames = model._get_feat_extract_output_lengths(inputs.attention_mask.sum(-1))
         best = greedy_ids(logits.cpu(), frames.tolist(), blank=tok.pad_token_id)
         for i, ids in zip(idx, best, strict=True):
             hyps[i] = tok.decode(ids, group_tokens=False).strip()
-    return [hyps[i] for i in range(len(rows))]
+            lengths[i] = len(ids)
+    return [hyps[i] for i in range(len(rows))], [lengths[i] for i in range(len(rows))]
+
+
+def transcribe_ctc(model: torch.nn.Module, processor: Wav2Vec2Processor, rows: Sequence[dict[str, Any]],
+                   batch_size: int = 32) -> list[str]:
+    """The hypotheses of :func:`ctc_decode`, in row order."""
+    return ctc_decode(model, processor, rows, batch_size)[0]

@@ -107,22 +107,16 @@ P4_VARIANTS = ("control", "gates", "structured", "ump")
 
 
 def p4_points(root: Path) -> list[Point]:
-    """``reports/metrics/p4_<model>.json`` (p4_compress): dense, the control fine-tune, gates,
-    structured gates (physically removed) and the UMP baseline, per model."""
+    """Per CTC model, the ``measure@`` files of the dense model (``p4_<model>_dense.json``, params
+    ``dense``) and of each variant p4_compress saved (``p4_<model>_<variant>.json``, params
+    ``variants``): the control fine-tune, gates, structured gates (physically removed), UMP."""
     out = []
-    for path in sorted((root / "reports/metrics").glob("p4_*.json")):
-        m = json.loads(path.read_text())
-        model = path.stem.removeprefix("p4_")
-        dense = m["dense_params"] / 1e6
-        out.append(Point("p4", f"{model}:dense", dense, dense, m["dense_wer_pct"], is_reference=True,
-                         wer_ci_low_pct=_f(m.get("dense_wer_ci_low_pct")),
-                         wer_ci_high_pct=_f(m.get("dense_wer_ci_high_pct")), source=str(path.relative_to(root))))
-        for v in P4_VARIANTS:
-            if f"{v}_wer_pct" not in m:
-                continue
-            out.append(Point("p4", f"{model}:{v}", m[f"{v}_params"] / 1e6, m[f"{v}_nonzero_params"] / 1e6,
-                             m[f"{v}_wer_pct"], wer_ci_low_pct=_f(m.get(f"{v}_wer_ci_low_pct")),
-                             wer_ci_high_pct=_f(m.get(f"{v}_wer_ci_high_pct")), source=str(path.relative_to(root))))
+    for dense in sorted((root / "reports/metrics").glob("p4_*_dense.json")):
+        model = dense.stem.removeprefix("p4_").removesuffix("_dense")
+        for v in ("dense", *P4_VARIANTS):
+            path = root / f"reports/metrics/p4_{model}_{v}.json"
+            if (m := _read(path)) is not None:
+                out.append(_suite_point("p4", f"{model}:{v}", m, str(path.relative_to(root)), reference=v == "dense"))
     return out
 
 
@@ -395,3 +389,58 @@ def plot_p3_sensitivity(records: Sequence[Mapping[str, Any]], path: str | Path, 
         fig.suptitle(title)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_p4_compression(reports_dir: str | Path, fig_dir: str | Path) -> list[Path]:
+    """Paper 4's compression traces of one model (``p4_compress@<key>`` writes them to
+    ``reports/p4/<key>``): ``p4_<key>_layer_sparsity.png`` (final per-layer sparsity, gates vs UMP;
+    beside it, with structured gates, the share of each FFN / attention removed) and
+    ``p4_<key>_thresholds.png`` (every gated layer's threshold over training, per run)."""
+    rep, fig_dir = Path(reports_dir), Path(fig_dir)
+    key = rep.name
+    layers = _read_csv(rep / "layers.csv")
+    removed = {r["layer"]: float(r["removed"]) for r in _read_csv(rep / "structured.csv")} \
+        if (rep / "structured.csv").is_file() else {}
+    traces: dict[str, list[dict[str, str]]] = {}
+    for r in _read_csv(rep / "thresholds.csv"):
+        traces.setdefault(r["variant"], []).append(r)
+
+    def short(name: str) -> str:
+        return name.split("encoder.layers.")[-1]
+
+    panels = 2 if removed else 1
+    fig, axes = plt.subplots(1, panels, figsize=(max(6, 0.5 * len(layers)) + 3 * (panels - 1), 4.5),
+                             squeeze=False, gridspec_kw={"width_ratios": [3, 1][:panels]})
+    ax = axes[0][0]
+    x = range(len(layers))
+    for i, (col, label) in enumerate((("gates_sparsity", "self-pinching gates"), ("ump_sparsity", "UMP"))):
+        ax.bar([j + (i - 0.5) * 0.4 for j in x], [100 * float(r[col]) for r in layers], 0.4, label=label)
+    ax.set_xticks(list(x), [short(r["layer"]) for r in layers], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 115)
+    ax.set_ylabel("zeroed weights (%)")
+    ax.set_title(f"p4 {key}: final per-layer sparsity")
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
+    if removed:
+        ax = axes[0][1]
+        ax.bar(range(len(removed)), [100 * v for v in removed.values()], color="tab:green")
+        ax.set_xticks(range(len(removed)), [short(k) for k in removed], rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("removed parameters (%)")
+        ax.set_title("structured gates")
+    written = [_save(fig, fig_dir / f"p4_{key}_layer_sparsity.png")]
+    fig, axes = plt.subplots(1, len(traces), figsize=(6 * len(traces), 4), squeeze=False)
+    for ax, (variant, rows) in zip(axes[0], traces.items(), strict=True):
+        for name in dict.fromkeys(r["layer"] for r in rows):
+            pts = [(int(r["step"]), float(r["threshold_rel"])) for r in rows if r["layer"] == name]
+            ax.plot(*zip(*pts, strict=True), label=short(name))
+        ax.set_xlabel("step")
+        ax.set_ylabel("|t_l| / rms_l")
+        ax.set_title(f"p4 {key}: {variant} thresholds")
+        ax.legend(fontsize=6, ncol=2)
+    written.append(_save(fig, fig_dir / f"p4_{key}_thresholds.png"))
+    return written
