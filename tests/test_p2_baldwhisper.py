@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import load_stage, make_tiny_whisper
+from conftest import make_tiny_whisper
 
 from asrcompress.compress.checkpoint import load_compressed, save_compressed
 from asrcompress.compress.distill import FeatureDistillation, default_layer_map, feature_loss
@@ -227,23 +227,3 @@ def test_feature_loss_masks_padding():
     assert feature_loss(s, t + 1.0, mask, "mse").item() == pytest.approx(1.0)
     assert feature_loss(s, t + 1.0, mask, "nmse").item() == pytest.approx(1.0)
     assert feature_loss(s + 1.0, t + 1.0, mask, "cosine").item() == pytest.approx(0.0, abs=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------- stage figures
-
-
-def test_p2_figures_definitions():
-    mod = load_stage("p2_measure")
-    ref = {"wer_pct": 20.0, "decoder_params": 1000, "token_embedding_params": 400, "encoder_params": 500}
-    m = {"wer_pct": 28.0, "decoder_params": 500, "token_embedding_params": 100, "encoder_params": 500}
-    record = {"structure": {"base_config": {"d_model": 128, "decoder_layers": 2}, "embedding_rank": 32,
-                            "stacks": {"decoder": {"layers": [{"origin": [0, 1]}]}}}}
-    out = mod.p2_figures(m, ref, record)
-    assert out["performance_kept_pct"] == pytest.approx(90.0)  # (1 - 0.28) / (1 - 0.20)
-    assert out["wer_rel_increase_pct"] == pytest.approx(40.0)
-    assert out["decoder_params_reduction_pct"] == pytest.approx(50.0)
-    assert out["embedding_compression_x"] == pytest.approx(4.0)
-    assert out["embedding_params_reduction_pct"] == pytest.approx(75.0)
-    assert (out["merged_pairs"], out["decoder_layers"], out["decoder_layers_dense"]) == (1, 1, 2)
-    assert out["embedding_rank_fraction"] == pytest.approx(0.25)
-    assert mod.p2_figures({"wer_pct": 50.0}, {"wer_pct": 100.0}, None)["performance_kept_pct"] is None
