@@ -406,9 +406,9 @@ def plot_p2_speedup(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for j, (key, label) in enumerate(groups):
         heights = [float("nan") if r.get(key) is None else r[key] for r in variants]  # not measured: no bar
         err = None
-        if key == "real_speedup_30s":
-            err = [[max(h - (r.get("real_speedup_30s_ci_low") or h), 0) for h, r in zip(heights, variants, strict=True)],
-                   [max((r.get("real_speedup_30s_ci_high") or h) - h, 0) for h, r in zip(heights, variants, strict=True)]]
+        if key == "real_speedup_30s":  # the end-to-end figure carries its 95 % interval over rounds
+            err = [[max(h - (r.get(f"{key}_ci_low") or h), 0) for h, r in zip(heights, variants, strict=True)],
+                   [max((r.get(f"{key}_ci_high") or h) - h, 0) for h, r in zip(heights, variants, strict=True)]]
         ax1.bar([i + j * width for i in range(len(names))], heights, width, yerr=err, capsize=3, label=label)
     ax1.axhline(1.0, color="grey", lw=0.8)
     ax1.set_xticks([i + width for i in range(len(names))], names)
