@@ -13,7 +13,7 @@ layer), the target keeps either
 - ``count`` (the default, params ``measure.real_scale_layers``): as many layers *fewer* as the source
   lost: one merged pair of the 2-layer smoke decoder is one merged pair of Whisper-small's 12, so
   11 of 12 decoder layers; this is the recipe as specified (``p2.merge.n_pairs``, the same in both
-  profiles). The paper's -18 % of the decoder would be about 2 of 12 (``n_pairs: 2`` at that scale);
+  profiles). The paper's -18 % of the decoder is about 2 of 12 layers' parameters (``n_pairs: 2`` there);
 - ``fraction``: the same *fraction* of layers fewer: 1 of 2 -> 6 of 12. On a 2-layer smoke model
   that halves the real decoder, far beyond the recipe and the paper (an overstatement; kept for
   comparison only).
