@@ -51,7 +51,7 @@ def test_write_csv_columns_and_empty(tmp_path) -> None:
 
 def test_extra_normalizers_validated() -> None:
     cfg = {"measure": {"num_threads": 1, "batch_size": 2, "bootstrap_resamples": 10, "latency_utterances": 1,
-                       "rss_utterances": 1, "real_scale_tokens": 2, "real_scale_repeats": 1,
+                       "rss_utterances": 1, "real_scale_tokens": 2, "real_scale_repeats": 5,
                        "latency_repeats": 1, "fixed_tokens": 2, "fixed_repeats": 0},
            "dense": {"d": {"model": "m", "corpus": "c"}},
            "variants": {"v": {"model": "m", "corpus": "c", "reference": "d", "extra_normalizers": ["nope"]}},

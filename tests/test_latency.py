@@ -86,15 +86,3 @@ def test_time_real_keys_on_tiny_models(tiny_whisper):
     assert w2["b"]["encoder_timed_with"] == "b"  # a different encoder is timed on its own
     c = time_real({"x": make_tiny_ctc("hubert")}, ctc_seconds=0.5, warmup=0, repeats=2)
     assert c["x"]["latency_forward_n"] == 2 and c["x"]["rtfx"] > 0 and c["x"]["audio_s"] == 0.5
-
-
-def test_real_scale_summary_ratios():
-    from asrcompress.measure.suite import real_scale_summary
-
-    m = {"real_latency_encoder_ms_p50": 50.0, "real_latency_encoder_ms_p50_dense": 100.0,
-         "real_latency_decoder_token_ms_p50": 4.0, "real_latency_decoder_token_ms_p50_dense": 5.0,
-         "real_rtfx_30s": 3.0, "real_rtfx_30s_dense": 2.0, "real_params_m": 150.0, "real_params_m_dense": 200.0}
-    s = real_scale_summary(m)
-    assert s["real_speedup_encoder"] == 2.0 and s["real_speedup_decoder_token"] == 1.25
-    assert s["real_speedup_30s"] == 1.5 and s["real_params_reduction_pct"] == 25.0
-    assert real_scale_summary({"wer_pct": 10.0}) == {}

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import load_stage, make_tiny_whisper
+from conftest import make_tiny_whisper
 
 from asrcompress.compress.checkpoint import load_compressed, save_compressed
 from asrcompress.compress.distill import FeatureDistillation, default_layer_map, feature_loss
@@ -229,21 +229,27 @@ def test_feature_loss_masks_padding():
     assert feature_loss(s + 1.0, t + 1.0, mask, "cosine").item() == pytest.approx(0.0, abs=1e-6)
 
 
-# ---------------------------------------------------------------------------------------------- stage figures
+# ---------------------------------------------------------------------------------------------- the recipe's steps
 
 
-def test_p2_figures_definitions():
-    mod = load_stage("p2_measure")
-    ref = {"wer_pct": 20.0, "decoder_params": 1000, "token_embedding_params": 400, "encoder_params": 500}
-    m = {"wer_pct": 28.0, "decoder_params": 500, "token_embedding_params": 100, "encoder_params": 500}
-    record = {"structure": {"base_config": {"d_model": 128, "decoder_layers": 2}, "embedding_rank": 32,
-                            "stacks": {"decoder": {"layers": [{"origin": [0, 1]}]}}}}
-    out = mod.p2_figures(m, ref, record)
-    assert out["performance_kept_pct"] == pytest.approx(90.0)  # (1 - 0.28) / (1 - 0.20)
-    assert out["wer_rel_increase_pct"] == pytest.approx(40.0)
-    assert out["decoder_params_reduction_pct"] == pytest.approx(50.0)
-    assert out["embedding_compression_x"] == pytest.approx(4.0)
-    assert out["embedding_params_reduction_pct"] == pytest.approx(75.0)
-    assert (out["merged_pairs"], out["decoder_layers"], out["decoder_layers_dense"]) == (1, 1, 2)
-    assert out["embedding_rank_fraction"] == pytest.approx(0.25)
-    assert mod.p2_figures({"wer_pct": 50.0}, {"wer_pct": 100.0}, None)["performance_kept_pct"] is None
+def test_recipe_steps_record_structure_and_diagnostics(tmp_path):
+    from asrcompress.compress import baldwhisper as bw
+    from asrcompress.io import write_csv
+
+    m = make_tiny_whisper(decoder_layers=2)
+    calib = [_batch(seed) for seed in (3, 4)]
+    p2 = {"merge": {"n_pairs": 1, "similarity": "output", "alpha": 0.5, "beta": 0.5, "pairs": None},
+          "lowrank": {"rank_fraction": 0.25, "scaling": "full", "damping": 0.01, "sweep": [0.125, 0.25, 1.0]}}
+    before = bw.dev_loss(m, calib)
+    merged, similarity = bw.merge_step(m, p2, calib)
+    assert [r["origin"] for r in merged["merged"]] == [[0, 1]] and similarity[0]["origin"] == "0 1"
+    info, sweep = bw.lowrank_step(m, p2, calib)
+    d_model = m.config.d_model
+    assert info["rank"] == d_model // 4 and [r["rank_fraction"] for r in sweep][-1] == 1.0
+    write_csv(tmp_path / "similarity.csv", similarity)  # the one CSV helper takes the rows as they are
+    assert (tmp_path / "similarity.csv").read_text().splitlines()[1].startswith("0,0 1,")
+    assert bw.structure_summary(m) == {"decoder_layers": 1, "decoder_layers_base": 2, "merged_pairs": 1,
+                                       "embedding_rank": d_model // 4, "d_model": d_model}
+    assert bw.dev_loss(m, calib) != before
+    assert bw.recover(m, "v", {"max_steps": 0, "distill": False}, {"train": {"max_steps": 5}}, 0, [], None,
+                      "", "", tmp_path / "loss.csv") == {"train": {"steps": 0}}

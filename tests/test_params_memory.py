@@ -106,7 +106,9 @@ def test_project_tiny_structure_onto_real_layers():
     prune_ffn_neurons(tiny, "encoder", 1, range(32))
     real = build_real("whisper-small", structure_of(tiny), device="meta")
     enc = real.model.encoder.layers
-    assert len(enc) == 12 and len(real.model.decoder.layers) == 6  # tiny decoder layer 1 -> real 6..11
+    assert len(enc) == 12 and len(real.model.decoder.layers) == 11  # one layer removed: one real layer (count)
+    share = build_real("whisper-small", structure_of(tiny), device="meta", layers="fraction")
+    assert len(share.model.decoder.layers) == 6  # the smoke model's share: tiny decoder layer 1 -> real 6..11
     assert [layer.self_attn.num_heads for layer in enc] == [6] * 6 + [12] * 6
     assert [layer.fc1.out_features for layer in enc] == [3072] * 6 + [2304] * 6
 

@@ -20,7 +20,8 @@ from asrcompress.measure.params import percent_reduction
 from asrcompress.measure.wer import matched_pairs_test, paired_bootstrap
 
 SIZE_KEYS = ("params", "nonzero_params", "weight_bytes", "checkpoint_bytes", "peak_rss_delta_mib",
-             "gmacs_encoder", "gmacs_decoder_token", "gmacs_utterance")
+             "gmacs_encoder", "gmacs_decoder_token", "gmacs_utterance",
+             "encoder_params", "decoder_params", "token_embedding_params")  # parts: where a method cuts
 
 
 def per_utterance(hyps: Sequence[Mapping[str, Any]], what: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -43,7 +44,10 @@ def compare_variants(variant: Mapping[str, Any], variant_hyps: Sequence[Mapping[
     ``wer_delta_abs`` = variant - baseline (points; negative = better), ``wer_delta_ci_*_pct`` and
     ``p_value_worse`` from the paired bootstrap (fraction of resamples where the variant is not
     worse), ``matched_pairs_p_value_worse`` / ``matched_pairs_p_value_two_sided`` (NIST-style, per
-    utterance), and ``<size>_reduction_pct`` for every size figure both metrics carry.
+    utterance), ``performance_kept_pct`` = 100 x (100 - WER) / (100 - baseline WER) (kept word
+    accuracy, WERs in %; None when the baseline's WER is >= 100 %), ``<size>_reduction_pct`` for
+    every size figure both metrics carry, and ``<part>_params_factor`` = baseline / variant (how many
+    times fewer; ``decoder_params`` excludes the token and positional embeddings).
     """
     ids_v, err_v, words_v = per_utterance(variant_hyps, names[0])
     ids_b, err_b, words_b = per_utterance(baseline_hyps, names[1])
@@ -67,7 +71,12 @@ def compare_variants(variant: Mapping[str, Any], variant_hyps: Sequence[Mapping[
     }
     if out["baseline_wer_pct"]:
         out["wer_relative_change_pct"] = 100.0 * out["wer_delta_abs"] / out["baseline_wer_pct"]
+    wer, base = out["wer_pct"], out["baseline_wer_pct"]
+    if wer is not None and base is not None:
+        out["performance_kept_pct"] = 100.0 * (100.0 - wer) / (100.0 - base) if base < 100.0 else None
     for key in SIZE_KEYS:
         if variant.get(key) is not None and baseline.get(key):
             out[f"{key}_reduction_pct"] = percent_reduction(variant[key], baseline[key])
+            if key.endswith("params") and variant[key]:
+                out[f"{key}_factor"] = baseline[key] / variant[key]
     return out

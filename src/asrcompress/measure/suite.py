@@ -44,6 +44,7 @@ from asrcompress.inference import CTC_MODEL_TYPES, prompt_kwargs, transcribe
 from asrcompress.measure import latency, memory
 from asrcompress.measure.flops import ctc_flops, flops_metrics
 from asrcompress.measure.params import count_params, percent_reduction
+from asrcompress.measure.real_scale import LAYER_RULES, MIN_REPEATS
 from asrcompress.measure.wer import paired_bootstrap, per_utterance_errors, score
 from asrcompress.text.normalize import get_normalizer
 
@@ -53,11 +54,14 @@ MEASURE_SCHEMA: dict[str, Spec] = {
     "device": Spec(str, required=False, pattern=r"cpu|cuda(:\d+)?", what="cpu, cuda or cuda:N"),
     "num_threads": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "bootstrap_resamples": _POSITIVE_INT,
     "latency_utterances": _POSITIVE_INT, "rss_utterances": _POSITIVE_INT,
-    "real_scale_tokens": _POSITIVE_INT, "real_scale_repeats": _POSITIVE_INT,
     # batch-1 latency: rounds over the latency utterances (each utterance timed this many times)
     "latency_repeats": _POSITIVE_INT,
     # fixed-length timing: encoder + exactly fixed_tokens decoder steps, fixed_repeats rounds (0 = off)
     "fixed_tokens": _POSITIVE_INT, "fixed_repeats": Spec(int, min=0),
+    # real-architecture timing (measure/real_scale.py): decode length, interleaved rounds (enough for a
+    # speed-up interval), how lost layers are projected (count | fraction)
+    "real_scale_tokens": _POSITIVE_INT, "real_scale_repeats": Spec(int, min=MIN_REPEATS),
+    "real_scale_layers": Spec(str, required=False, choices=LAYER_RULES),
     # cap on generated tokens per utterance (null: the model's generation config, max_length)
     "max_new_tokens": Spec(int, required=False, min=1),
 }
@@ -232,18 +236,6 @@ def _ctc_batch_input(processor: Any, rows: list[dict[str, Any]]) -> torch.Tensor
     return processor.feature_extractor(audio, sampling_rate=16000, padding=True, return_tensors="pt").input_values
 
 
-def real_scale_summary(m: Mapping[str, Any]) -> dict[str, Any]:
-    """Speed-ups (dense / compressed time) and the parameter reduction of the real-architecture
-    timing keys ``real_*`` (see ``real_scale.real_scale_report``); {} when they are absent."""
-    if not m.get("real_latency_decoder_token_ms_p50"):
-        return {}
-    return {"real_speedup_encoder": m["real_latency_encoder_ms_p50_dense"] / m["real_latency_encoder_ms_p50"],
-            "real_speedup_decoder_token": m["real_latency_decoder_token_ms_p50_dense"]
-            / m["real_latency_decoder_token_ms_p50"],
-            "real_speedup_30s": m["real_rtfx_30s"] / m["real_rtfx_30s_dense"],
-            "real_params_reduction_pct": percent_reduction(m["real_params_m"], m["real_params_m_dense"])}
-
-
 def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language: str, normalizer: str,
                     mcfg: Mapping[str, Any], seed: int, reference_dir: str | Path | None = None,
                     reference_metrics: Mapping[str, Any] | None = None,
@@ -370,8 +362,8 @@ def measure_variant(model_dir: str | Path, rows: list[dict[str, Any]], language:
         from asrcompress.measure.real_scale import real_scale_report
 
         rs = real_scale_report(real_scale, structure_of(model), n_tokens=int(mcfg["real_scale_tokens"]),
-                               repeats=int(mcfg["real_scale_repeats"]), seed=seed)
-        metrics.update({f"real_{k}": v for k, v in rs.items()})
-        metrics.update(real_scale_summary(metrics))
+                               repeats=int(mcfg["real_scale_repeats"]), seed=seed,
+                               layers=mcfg.get("real_scale_layers") or "count")
+        metrics.update({f"real_{k}": v for k, v in rs.items()})  # real_speedup_30s (+ spread), ...
     metrics.update({f"runtime_{k}": v for k, v in latency.runtime_info().items()})
     return metrics, hyp_rows

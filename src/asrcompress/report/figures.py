@@ -71,19 +71,9 @@ def p1_points(root: Path) -> list[Point]:
 
 
 def p2_points(root: Path) -> list[Point]:
-    """``reports/metrics/p2_<variant>.json`` (p2_measure) and their reference ``dense_bm.json``."""
-    files = sorted((root / "reports/metrics").glob("p2_*.json"))
-    if not files:
-        return []
-    out = []
-    ref_name = json.loads(files[0].read_text()).get("reference", "dense_bm")
-    ref = _read(root / f"reports/metrics/{ref_name}.json")
-    if ref:
-        out.append(_suite_point("p2", ref_name, ref, f"reports/metrics/{ref_name}.json", reference=True))
-    for path in files:
-        m = json.loads(path.read_text())
-        out.append(_suite_point("p2", path.stem.removeprefix("p2_"), m, str(path.relative_to(root))))
-    return out
+    """Paper 2's entries of the generic ``measure@`` stage (``reports/metrics/p2_<variant>.json``, not the
+    ``compare@`` files beside them) and their reference, labelled without the ``p2_`` prefix."""
+    return measured_variants(root, p2_measured(root), paper="p2", prefix="p2_")
 
 
 def p3_points(root: Path) -> list[Point]:
@@ -124,16 +114,16 @@ EXTRACTORS: dict[str, Callable[[Path], list[Point]]] = {"p1": p1_points, "p2": p
                                                          "p4": p4_points}
 
 
-def measured_variants(root: Path, keys: list[str], paper: str = "variants") -> list[Point]:
-    """``reports/metrics/<key>.json`` of the generic ``measure@<key>`` stage (params ``variants``),
-    drawn in the panel ``paper``, with each reference once as its star."""
+def measured_variants(root: Path, keys: list[str], paper: str = "variants", prefix: str = "") -> list[Point]:
+    """``reports/metrics/<key>.json`` of the generic ``measure@<key>`` stage (params ``variants``), as
+    points of panel ``paper`` labelled ``key`` without ``prefix``; each reference joins once, as its star."""
     out, refs = [], []
     for key in keys:
         path = root / f"reports/metrics/{key}.json"
         m = _read(path)
         if not m:
             continue
-        out.append(_suite_point(paper, key, m, str(path.relative_to(root))))
+        out.append(_suite_point(paper, key.removeprefix(prefix), m, str(path.relative_to(root))))
         ref = m.get("reference")
         if ref and ref not in refs and (rm := _read(root / f"reports/metrics/{ref}.json")):
             refs.append(ref)  # the dense reference joins the panel once, as its star
@@ -270,6 +260,8 @@ def write_all(root: str | Path = ".", papers: list[str] | None = None, variants:
                plot_wer_vs(points, "flops", root / "reports/figures/wer_vs_flops.png"),
                plot_speedups(points, root / "reports/figures/speedup.png")]
     write_variants_table(points, root / "reports/tables/variants.md", root / "reports/tables/variants.csv")
+    if "p2" in (papers or EXTRACTORS):
+        written += write_p2(root)
     return [p for p in written if p is not None] + [root / "reports/tables/variants.md"]
 
 
@@ -444,3 +436,161 @@ def plot_p4_compression(reports_dir: str | Path, fig_dir: str | Path) -> list[Pa
         ax.legend(fontsize=6, ncol=2)
     written.append(_save(fig, fig_dir / f"p4_{key}_thresholds.png"))
     return written
+
+
+# ------------------------------------------------------------------------------------------- paper 2
+# From the flat files only: measure@p2_<v> (reports/metrics/p2_<v>.json), compare@p2_<v>_vs_<base>
+# (reports/metrics/p2_*_vs_*.json, marked by their "comparison" key) and p2_compress@<v>'s diagnostics
+# (reports/p2/<v>/compress.json, rank_error.csv).
+
+P2_SUMMARY = [  # (column, where: m = measure@ file, dense = vs-dense compare@, control = vs-control compare@,
+    #            diag = compress.json, structure = compress.json's structure; key)
+    ("params_m", "m", "params_m"), ("params_reduction_pct", "m", "params_reduction_pct"),
+    ("decoder_layers", "structure", "decoder_layers"), ("embedding_rank", "structure", "embedding_rank"),
+    ("wer_pct", "m", "wer_pct"), ("wer_ci_low_pct", "m", "wer_ci_low_pct"),
+    ("wer_ci_high_pct", "m", "wer_ci_high_pct"), ("p_value_worse_vs_dense", "m", "paired_p_value_b_worse"),
+    ("performance_kept_pct", "dense", "performance_kept_pct"),
+    ("performance_kept_vs_control_pct", "control", "performance_kept_pct"),
+    ("p_value_worse_vs_control", "control", "p_value_worse"),
+    ("speedup_vs_reference", "m", "speedup_vs_reference"),
+    ("real_decoder_layers", "m", "real_decoder_layers"), ("real_params_reduction_pct", "m", "real_params_reduction_pct"),
+    ("real_speedup_decoder_token", "m", "real_speedup_decoder_token"), ("real_speedup_30s", "m", "real_speedup_30s"),
+    ("real_speedup_30s_ci_low", "m", "real_speedup_30s_ci_low"),
+    ("real_speedup_30s_ci_high", "m", "real_speedup_30s_ci_high"),
+    ("dev_loss_init", "diag", "dev_loss_init"), ("dev_loss_before_training", "diag", "dev_loss_before_training"),
+    ("dev_loss_after_training", "diag", "dev_loss_after_training"),
+]
+
+
+def _metrics_files(root: Path, prefix: str) -> dict[str, dict[str, Any]]:
+    return {f.stem: json.loads(f.read_text()) for f in sorted((root / "reports/metrics").glob(f"{prefix}*.json"))}
+
+
+def p2_measured(root: Path) -> list[str]:
+    """Keys of paper 2's measure@ files (``reports/metrics/p2_*.json`` without a ``comparison`` key)."""
+    return [k for k, m in _metrics_files(root, "p2_").items() if "comparison" not in m]
+
+
+def p2_summary_rows(root: Path) -> list[dict[str, Any]]:
+    """One row per measured p2 variant (its dense reference first): the ``P2_SUMMARY`` columns."""
+    files = _metrics_files(root, "p2_")
+    measured = {k: m for k, m in files.items() if "comparison" not in m}
+    if not measured:
+        return []
+    ref = next(iter(measured.values())).get("reference")
+    cmp = [m for m in files.values() if "comparison" in m]
+    control = next((m["baseline"] for m in cmp if m["baseline"] in measured), None)
+    rows = []
+    for key, m in [(ref, _read(root / f"reports/metrics/{ref}.json") or {}), *measured.items()]:
+        diag = _read(root / "reports/p2" / key.removeprefix("p2_") / "compress.json") or {}
+        src = {"m": m, "diag": diag, "structure": diag.get("structure", {}),
+               "dense": next((c for c in cmp if c["variant"] == key and c["baseline"] == ref), {}),
+               "control": next((c for c in cmp if c["variant"] == key and c["baseline"] == control), {})}
+        rows.append({"variant": key, **{col: src[where].get(k) for col, where, k in P2_SUMMARY}})
+    return rows
+
+
+def write_p2_summary(rows: list[dict[str, Any]], md_path: Path, csv_path: Path) -> None:
+    from asrcompress.io import write_csv
+
+    cols = ["variant", *[c for c, _, _ in P2_SUMMARY]]
+    write_csv(csv_path, rows, cols)
+
+    def fmt(v: Any) -> str:
+        return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["# Paper 2 (BaldWhisper): every variant", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["", "Read from `reports/metrics/p2_<v>.json` (measure@), `reports/metrics/p2_<v>_vs_{dense,control}.json` "
+              "(compare@) and `reports/p2/<v>/compress.json` (p2_compress@). Definitions:",
+              "- performance kept = 100 x (100 - WER) / (100 - WER of the baseline), WER in % (kept word accuracy, "
+              "`measure/compare.py`); `_vs_control` against `p2_control`, the dense model after the same recovery "
+              "training, which separates the cost of compression from the gain of the extra training; — where no "
+              "`comparisons` entry sets the two against each other;",
+              "- speedup_vs_reference: batch-1 greedy decoding per test utterance, interleaved with the dense model;",
+              "- real_*: the kept structure on the whisper-small architecture with random weights "
+              "(`measure/real_scale.py`; lost layers projected by `measure.real_scale_layers`, recorded as "
+              "`real_layer_rule`); 30 s = encoder window + a forced decode, the end-to-end figure, with its 95 % "
+              "bootstrap interval over interleaved rounds;",
+              "- dev_loss_*: teacher-forced cross-entropy per token on dev utterances of the start model, right "
+              "after the surgery and after recovery training."]
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text("\n".join(lines) + "\n")
+
+
+def plot_p2_rank_error(root: Path, path: Path) -> Path | None:
+    """Relative reconstruction error vs embedding rank, plain SVD vs activation-aware (weight space and
+    activation-weighted), one panel per p2 variant that factorised the embedding."""
+    sweeps: dict[str, list[dict[str, str]]] = {}
+    chosen: dict[str, int] = {}
+    for d in sorted((root / "reports/p2").glob("*/rank_error.csv")):
+        with d.open() as f:
+            sweeps[d.parent.name] = [r for r in csv.DictReader(f) if float(r["rank_fraction"]) < 1.0]  # full: exact
+        rank = ((_read(d.parent / "compress.json") or {}).get("lowrank") or {}).get("rank")
+        if rank is not None:
+            chosen[d.parent.name] = int(rank)
+    if not sweeps:
+        return None
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 3.8), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], sweeps.items(), strict=True):
+        ranks = [int(r["rank"]) for r in rows]
+        for key, label, style in (("plain_weight_rel_err", "plain SVD, weight space", "C0--"),
+                                  ("plain_act_rel_err", "plain SVD, activation-weighted", "C0-"),
+                                  ("aware_weight_rel_err", "activation-aware, weight space", "C1--"),
+                                  ("aware_act_rel_err", "activation-aware, activation-weighted", "C1-")):
+            ax.plot(ranks, [float(r[key]) for r in rows], style, marker="o", ms=3, label=label)
+        if name in chosen:
+            ax.axvline(chosen[name], color="grey", lw=0.8, ls=":", label=f"chosen rank {chosen[name]}")
+        ax.set_yscale("log")
+        ax.set_xlabel("embedding rank")
+        ax.set_ylabel("relative error")
+        ax.set_title(f"p2_{name}: token embedding / output projection", fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_p2_speedup(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Per p2 variant: speed-ups (the smoke model at batch 1; the structure on whisper-small per decoder
+    token and end to end on a 30 s window, with its 95 % interval) and parameter reductions."""
+    variants = [r for r in rows[1:] if r.get("speedup_vs_reference") is not None]
+    if not variants:
+        return None
+    names = [r["variant"].removeprefix("p2_") for r in variants]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    groups = (("speedup_vs_reference", "smoke model, CPU batch 1"),
+              ("real_speedup_decoder_token", "whisper-small, decoder per token"),
+              ("real_speedup_30s", "whisper-small, 30 s window (end to end)"))
+    width = 0.8 / len(groups)
+    for j, (key, label) in enumerate(groups):
+        heights = [float("nan") if r.get(key) is None else r[key] for r in variants]  # not measured: no bar
+        err = None
+        if key == "real_speedup_30s":  # the end-to-end figure carries its 95 % interval over rounds
+            err = [[max(h - (r.get(f"{key}_ci_low") or h), 0) for h, r in zip(heights, variants, strict=True)],
+                   [max((r.get(f"{key}_ci_high") or h) - h, 0) for h, r in zip(heights, variants, strict=True)]]
+        ax1.bar([i + j * width for i in range(len(names))], heights, width, yerr=err, capsize=3, label=label)
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax1.set_xticks([i + width for i in range(len(names))], names)
+    ax1.set_ylabel("speed-up vs dense (x)")
+    ax1.legend(fontsize=7)
+    sizes = (("params_reduction_pct", "smoke model params"), ("real_params_reduction_pct", "whisper-small params"))
+    width2 = 0.8 / len(sizes)
+    for j, (key, label) in enumerate(sizes):
+        ax2.bar([i + j * width2 for i in range(len(names))],
+                [float("nan") if r.get(key) is None else r[key] for r in variants], width2, label=label)
+    ax2.set_xticks([i + width2 / 2 for i in range(len(names))], names)
+    ax2.set_ylabel("parameter reduction (%)")
+    ax2.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_p2(root: Path) -> list[Path | None]:
+    """Paper 2's summary table (``reports/tables/p2_summary.md`` / ``.csv``) and figures
+    (``reports/figures/p2_rank_error.png``, ``p2_speedup.png``); nothing when p2 has not been measured."""
+    rows = p2_summary_rows(root)
+    if not rows:
+        return []
+    md = root / "reports/tables/p2_summary.md"
+    write_p2_summary(rows, md, root / "reports/tables/p2_summary.csv")
+    return [md, plot_p2_rank_error(root, root / "reports/figures/p2_rank_error.png"),
+            plot_p2_speedup(rows, root / "reports/figures/p2_speedup.png")]

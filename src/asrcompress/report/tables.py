@@ -7,6 +7,8 @@ Status of a row:
 * ``inconclusive``: a ``check`` with ``use_ci: true`` (the claim must hold for the whole 95 % CI,
   whose bounds ``ours.ci: [low key, high key]`` name) whose CI straddles the bound: ``matches`` needs
   the whole CI inside the check, ``differs`` the whole CI outside it;
+* ``by construction: <why>``: our figure was set by a parameter chosen to give the reported value (row
+  key ``by_construction``), so agreeing with the paper shows nothing; never counted as a match;
 * ``not comparable in <profile>``: the setting only exists in another profile (reason given);
   our figure is still shown when there is one;
 * ``not run``: the metrics file or key is missing (the stage has not run in this checkout).
@@ -165,6 +167,9 @@ def compare_row(row: Mapping[str, Any], ours: float | None, missing: str | None,
         return out
     if ours is None:
         out["status"] = missing or f"not run: {row.get('reason', 'no measurement')}"
+        return out
+    if row.get("by_construction"):  # a figure we set, not a finding: shown, never a match
+        out["status"] = f"by construction: {row['by_construction']}"
         return out
     if "near_zero" in row.get("check", {}):
         out["status"], note = _near_zero(row["check"]["near_zero"], figures, row["ours"]["metrics"])

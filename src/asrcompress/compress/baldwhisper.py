@@ -1,0 +1,115 @@
+"""Paper 2's recipe (BaldWhisper, arXiv 2510.08599), step by step, for ``stages/p2_compress.py``.
+
+A variant applies, in order, decoder layer merging (``merge_step``: pairs chosen by calibration
+similarity, ``layer_merge.py``), the activation-aware low-rank embedding (``lowrank_step``,
+``lowrank_embedding.py``), then recovery training with the shared loop (``recover``), with feature
+distillation towards the dense teacher (``distill.py``) when the variant asks for it. Each step
+returns what it did (for ``compress.json``) and its diagnostic rows (``similarity.csv``,
+``rank_error.csv``); ``dev_loss`` is the teacher-forced loss the stage records between steps.
+Nothing here measures a compressed model: that is ``measure@`` (``measure/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asrcompress.compress.checkpoint import load_compressed
+from asrcompress.compress.distill import FeatureDistillation
+from asrcompress.compress.layer_merge import merge_most_similar, valid_token_mask
+from asrcompress.compress.lowrank_embedding import (
+    embedding_weight,
+    factorize_activation_aware,
+    logit_input_moment,
+    rank_error_sweep,
+    rank_for_fraction,
+)
+from asrcompress.config import get
+
+Batch = dict[str, torch.Tensor]
+
+
+def batches(rows: list[dict[str, Any]], collate: Any, size: int) -> list[Batch]:
+    """``rows`` collated in consecutive batches of ``size``."""
+    return [collate(rows[i:i + size]) for i in range(0, len(rows), size)]
+
+
+@torch.no_grad()
+def dev_loss(model: torch.nn.Module, dev: list[Batch]) -> float:
+    """Teacher-forced cross-entropy per target token (nats) over ``dev``."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in dev:
+        n = int(valid_token_mask(batch).sum())
+        total += float(model(**batch).loss) * n
+        count += n
+    return total / count
+
+
+def merge_step(model: torch.nn.Module, p2: Mapping[str, Any], calib: list[Batch]
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Merge ``p2.merge.n_pairs`` adjacent decoder pairs in place: (record, similarity rows of every pair)."""
+    m = get(p2, "merge", dict)
+    result = merge_most_similar(model, calib, get(m, "n_pairs", int), get(m, "similarity", str),
+                                m["alpha"], m["beta"], m.get("pairs"))
+    rows = [{k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()}
+            for r in result["similarity"]]  # origin "0 1": one CSV cell
+    return {"criterion": result["criterion"], "merged": result["merged"]}, rows
+
+
+def lowrank_step(model: torch.nn.Module, p2: Mapping[str, Any], calib: list[Batch]
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Factorise the tied embedding at rank ``p2.lowrank.rank_fraction`` x d_model in place: (record,
+    rank-error rows: plain SVD vs activation-aware at every ``p2.lowrank.sweep`` fraction)."""
+    lr = get(p2, "lowrank", dict)
+    scaling, damping = get(lr, "scaling", str), get(lr, "damping", float)
+    C, n_tokens = logit_input_moment(model, calib)
+    W = embedding_weight(model)
+    ranks = sorted({rank_for_fraction(float(f), *W.shape) for f in get(lr, "sweep", list)})
+    # the error curve always compares plain SVD with an activation-aware scaling (full if plain is installed)
+    sweep = rank_error_sweep(W, C, ranks, "full" if scaling == "none" else scaling, damping)
+    rank = rank_for_fraction(get(lr, "rank_fraction", float), *W.shape)
+    info = factorize_activation_aware(model, rank, C, scaling, damping)
+    return {**info, "full_rank": min(W.shape), "calibration_tokens": n_tokens}, sweep
+
+
+def recover(model: torch.nn.Module, variant: str, spec: Mapping[str, Any], p2: Mapping[str, Any], seed: int,
+            rows: list[dict[str, Any]], collate: Any, teacher_dir: str, init_dir: str, loss_log: Path
+            ) -> dict[str, Any]:
+    """Recovery training with the shared loop (+ feature distillation when ``spec.distill``); the
+    variant's ``max_steps`` overrides ``p2.train.max_steps``, and 0 skips training."""
+    from asrcompress.train.loop import TrainConfig, train
+
+    section = {**get(p2, "train", dict), **({"max_steps": spec["max_steps"]} if "max_steps" in spec else {})}
+    if int(section["max_steps"]) == 0:
+        return {"train": {"steps": 0}}
+    tcfg = TrainConfig.from_params(section, seed)
+    out: dict[str, Any] = {}
+    kd = None
+    if get(spec, "distill", bool):
+        d = get(p2, "distill", dict)
+        kd = FeatureDistillation(load_compressed(teacher_dir), model, d["layers"], get(d, "loss", str),
+                                 get(d, "weight", float))
+        out["distill"] = kd.describe()
+    fingerprint = {"variant": variant, "spec": dict(spec), "init": init_dir,
+                   "calib_utterances": p2["calib_utterances"], **{k: p2[k] for k in ("merge", "lowrank", "distill")}}
+    with kd if kd is not None else contextlib.nullcontext():
+        out["train"] = train(model, rows, collate, tcfg, ckpt_dir=f"checkpoints/p2/{variant}", loss_log=loss_log,
+                             fingerprint=fingerprint, extra_loss=kd, desc=f"p2_compress@{variant}")
+    return out
+
+
+def structure_summary(model: torch.nn.Module) -> dict[str, Any]:
+    """Decoder layers now and in the base model, merged pairs, embedding rank and d_model (for the
+    report's summary table)."""
+    from asrcompress.compress.surgery import structure_of
+
+    s = structure_of(model)
+    layers = s["stacks"]["decoder"]["layers"]
+    return {"decoder_layers": len(layers), "decoder_layers_base": s["base_config"]["decoder_layers"],
+            "merged_pairs": sum(1 for r in layers if len(r["origin"]) > 1),
+            "embedding_rank": s["embedding_rank"], "d_model": s["base_config"]["d_model"]}
