@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from asrcompress.config import load_params
+from asrcompress.config import ParamError, get, load_params
 from asrcompress.io import log, setup_logging
 from asrcompress.report.figures import write_all
 from asrcompress.report.tables import build_table, write_index, write_table
@@ -27,7 +27,12 @@ def undeclared_variant_metrics(variants: list[str], dvc_yaml: str | Path = "dvc.
 def main(*papers: str) -> None:
     setup_logging()
     cfg = load_params()
-    missing = undeclared_variant_metrics(list(cfg.get("variants") or {}))
+    variants = list(get(cfg, "variants", (dict, type(None)), default=None) or {})
+    absent = [p for p in papers if not Path(f"reports/reported/{p}.yaml").is_file()]
+    if not papers or absent:
+        raise ParamError(f"report: no reports/reported/<paper>.yaml for {absent or 'no paper given'} "
+                         "(dvc.yaml report cmd: python stages/report.py p1 p2 ...)")
+    missing = undeclared_variant_metrics(variants)
     if missing:
         raise SystemExit(f"dvc.yaml: the report stage reads {', '.join(missing)} (params.yaml `variants`) but does "
                          "not list it under its deps; add it there, or the report goes stale when it is re-measured")
@@ -39,7 +44,7 @@ def main(*papers: str) -> None:
         built.append((data, rows))
         log.info("report@%s: reports/reported/%s.yaml + metrics -> reports/tables/%s.md (%d rows)",
                  paper, paper, paper, len(rows))
-    for path in write_all(".", list(papers), list(cfg.get("variants") or {})):
+    for path in write_all(".", list(papers), variants):
         log.info("report: %s", path)
     write_index(built, "reports/README.md")
 
