@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import load_stage
 
 from asrcompress.config import ParamError, check_whisper, load_params
 from asrcompress.train.loop import TrainConfig
-from conftest import load_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DELETE = object()
