@@ -16,7 +16,7 @@ from the cache), shrinks the stage's training section in the clone's params.yaml
 Exit status 0 if every check holds. It trains the tiny smoke model for a few dozen steps (a few minutes
 on a loaded 2-core machine); it is a manual check, not part of the test suite or CI.
 
-Recorded once (branch wave/rel, 2025-11-29; times from a 2-core machine shared with four other jobs):
+Recorded once (branch wave/rel, 2026-11-29; times from a 2-core machine shared with four other jobs):
 
     1. fresh run                     dvc repro -s finetune@whisper_en   [79 s]   weights db4f8bd5750b9f24
     2. nothing changed               dvc repro -s finetune@whisper_en   [4 s]    skipped
