@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from asrcompress.config import get, load_params
+from asrcompress.config import CORPUS_SCHEMA, check, check_model_entry, check_whisper, get, load_params
 from asrcompress.io import load_split, log, setup_logging
 from asrcompress.models.whisper import load_pretrained
 from asrcompress.train.collate import WhisperCollator
@@ -22,10 +22,10 @@ from asrcompress.train.save import save_trained
 def main(key: str, corpus_dir: str, base_dir: str, out_dir: str, loss_csv: str, metrics_path: str) -> None:
     setup_logging()
     cfg = load_params()
-    corpus_key = get(cfg, f"models.{key}.corpus", str)
-    language = get(cfg, f"corpora.{corpus_key}.whisper_language", str)
-    model, processor = load_pretrained(base_dir, get(cfg, "whisper.attn_implementation", str))
-    tcfg = TrainConfig.from_params(get(cfg, "train", dict), get(cfg, "seed", int))
+    corpus_key = check_model_entry(cfg, key)["corpus"]
+    language = check(cfg, f"corpora.{corpus_key}", CORPUS_SCHEMA)["whisper_language"]
+    tcfg = TrainConfig.from_params(get(cfg, "train"), get(cfg, "seed", int), name="train")
+    model, processor = load_pretrained(base_dir, check_whisper(cfg)["attn_implementation"])
     rows = load_split(corpus_dir, "train")
     collate = WhisperCollator(processor, language, max_target_positions=model.config.max_target_positions)
     summary = train(model, rows, collate, tcfg,

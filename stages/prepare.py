@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from asrcompress.config import ParamError, get, load_params
+from asrcompress.config import check_corpus, check_whisper, get, load_params
 from asrcompress.data.corpus import build_synthetic_corpus, save_corpus
 from asrcompress.io import log, setup_logging, write_json
 
@@ -15,19 +15,13 @@ from asrcompress.io import log, setup_logging, write_json
 def main(key: str, out_dir: str, stats_path: str) -> None:
     setup_logging()
     cfg = load_params()
-    corpus = get(cfg, f"corpora.{key}", dict)
-    source = get(corpus, "source", str)
-    sizes = {s: get(cfg, f"corpora.{key}.sizes.{s}", int) for s in ("train", "dev", "test")}
+    corpus = check_corpus(cfg, key)  # with `synth` and sizes >= 0 for a synthetic corpus (0 = an empty split)
+    source, sizes = corpus["source"], corpus["sizes"]
+    seed = get(cfg, "seed", int)
     if source == "synth":
-        for split, n in sizes.items():  # 0 = an empty split (e.g. an evaluation-only corpus), still written
-            if n < 0:
-                raise ParamError(f"params.yaml: corpora.{key}.sizes.{split}: must be >= 0 for a synthetic "
-                                 f"corpus, got {n}")
-        window = get(cfg, "whisper.chunk_length_s", int)
-        if window < 1:
-            raise ParamError(f"params.yaml: whisper.chunk_length_s: must be >= 1 (seconds), got {window}")
-        ds, stats = build_synthetic_corpus(get(corpus, "language", str), sizes, get(cfg, "seed", int),
-                                           get(cfg, "synth", dict), max_seconds=window - 0.25)
+        window = check_whisper(cfg)["chunk_length_s"]
+        ds, stats = build_synthetic_corpus(corpus["language"], sizes, seed, get(cfg, "synth", dict),
+                                           max_seconds=window - 0.25)
     else:
         from datasets import DatasetDict
 

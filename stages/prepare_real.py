@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from asrcompress.config import derive_seed, get, load_params
+from asrcompress.config import REAL_CORPUS_SCHEMA, check, derive_seed, get, load_params
 from asrcompress.data.local_corpus import load_local_corpus
 from asrcompress.io import log, setup_logging, write_json
 
@@ -19,8 +19,9 @@ from asrcompress.io import log, setup_logging, write_json
 def main(key: str, out_dir: str, stats_path: str) -> None:
     setup_logging()
     cfg = load_params()
-    spec = get(cfg, f"real_corpora.{key}", dict)
-    directory = Path(get(spec, "dir", str))
+    spec = check(cfg, f"real_corpora.{key}", REAL_CORPUS_SCHEMA)
+    seed = get(cfg, "seed", int)
+    directory = Path(spec["dir"])
     if not directory.is_dir():
         raise SystemExit(
             f"real_corpora.{key}.dir: {directory.resolve()} does not exist. The real track reads real "
@@ -28,13 +29,9 @@ def main(key: str, out_dir: str, stats_path: str) -> None:
             "beside this repository; put that folder there, or point real_corpora.{key}.dir at your own "
             "recordings of that shape. The smoke graph does not need it (`make repro` skips the real track "
             "when the folder is missing).".replace("{key}", key))
-    splits = spec.get("splits")
-    if splits is not None and not isinstance(splits, dict):
-        raise SystemExit(f"params.yaml: real_corpora.{key}.splits must be null or a mapping, got {splits!r}")
-    ds, stats = load_local_corpus(directory, language=get(spec, "language", str), splits=splits,
-                                  seed=derive_seed(get(cfg, "seed", int), "prepare_real", key),
-                                  max_items=spec.get("max_items"),
-                                  speaker_from_id=str(spec.get("speaker_from_id", "none")))
+    ds, stats = load_local_corpus(directory, language=spec["language"], splits=spec.get("splits"),
+                                  seed=derive_seed(seed, "prepare_real", key), max_items=spec.get("max_items"),
+                                  speaker_from_id=spec.get("speaker_from_id") or "none")
     ds.save_to_disk(out_dir)
     write_json(stats_path, {"corpus": key, **stats, "directory": str(directory)})  # as in params, not machine-specific
     log.info("prepare_real@%s: %s -> %s (%s)", key, directory, out_dir,

@@ -21,7 +21,16 @@ import torch
 from accelerate import PartialState
 from transformers import WhisperProcessor
 
-from asrcompress.config import ParamError, derive_seed, get, load_params
+from asrcompress.config import (
+    CORPUS_SCHEMA,
+    PRETRAIN_CTC_SCHEMA,
+    ParamError,
+    check,
+    check_whisper,
+    derive_seed,
+    get,
+    load_params,
+)
 from asrcompress.io import load_split, log, setup_logging, write_json
 from asrcompress.models.whisper import build_model, check_window, load_pretrained
 from asrcompress.train.collate import WhisperCollator
@@ -43,7 +52,14 @@ def main(*argv: str) -> None:
     if source is None or (source == "scratch" and source_key != "whisper.source"):
         raise ParamError(f"params.yaml: {source_key} is {source!r} in the {cfg['profile']} profile; this chain "
                          f"needs a hub checkpoint (it is part of the paper profile: make profile PROFILE=paper)")
-    attn = get(cfg, "whisper.attn_implementation", str)
+    whisper = check_whisper(cfg)
+    attn = whisper["attn_implementation"]
+    if source == "scratch":  # every section the from-scratch run reads, before any work
+        if not corpus_dirs:
+            raise SystemExit("pretrain from scratch needs at least one <corpus-dir>\n" + (__doc__ or ""))
+        corpora = {k: check(cfg, f"corpora.{k}", CORPUS_SCHEMA) for k in get(cfg, "corpora", dict)}
+        tcfg = TrainConfig.from_params(get(cfg, "pretrain"), get(cfg, "seed", int), name="pretrain")
+        ctc = check(cfg, "pretrain_ctc", PRETRAIN_CTC_SCHEMA)
     processor = WhisperProcessor.from_pretrained(processor_dir)
     if source != "scratch":
         if not PartialState().is_main_process:  # several launched processes: one saves
@@ -59,20 +75,14 @@ def main(*argv: str) -> None:
     # the initial weights derive from the one seed: without this two fresh runs start from
     # different models and no reproduced figure can be compared with a committed one
     torch.manual_seed(derive_seed(get(cfg, "seed", int), "whisper_init"))
-    model = build_model(get(cfg, "whisper.dims", dict), processor.tokenizer, get(cfg, "whisper.chunk_length_s", int),
-                        attn)
+    model = build_model(whisper["dims"], processor.tokenizer, whisper["chunk_length_s"], attn)
     check_window(processor, model)
-    language_map = {get(c, "language", str): get(c, "whisper_language", str) for c in get(cfg, "corpora", dict).values()}
-    if not corpus_dirs:
-        raise SystemExit("pretrain from scratch needs at least one <corpus-dir>\n" + (__doc__ or ""))
+    language_map = {c["language"]: c["whisper_language"] for c in corpora.values()}
     rows = [row for d in corpus_dirs for row in load_split(d, "train")]
-    tcfg = TrainConfig.from_params(get(cfg, "pretrain", dict), get(cfg, "seed", int))
     # joint CTC on the encoder (train/ctc_aux.py): without it the held-out WER depends on the seed
-    ctc_weight = get(cfg, "pretrain_ctc.weight", float)
-    if ctc_weight < 0:
-        raise ValueError(f"params.yaml: pretrain_ctc.weight must be >= 0, got {ctc_weight}")
+    ctc_weight = ctc["weight"]
     head = EncoderCTCHead(model.config.d_model, len(processor.tokenizer), set(processor.tokenizer.all_special_ids),
-                          frame_stride=get(cfg, "pretrain_ctc.frame_stride", int)) if ctc_weight > 0 else None
+                          frame_stride=ctc["frame_stride"]) if ctc_weight > 0 else None
     summary = train(model, rows, WhisperCollator(processor, language_map=language_map,
                                                       max_target_positions=model.config.max_target_positions), tcfg,
                     ckpt_dir="checkpoints/pretrain", loss_log=loss_csv,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from asrcompress.config import get, load_params
+from asrcompress.config import REAL_MODEL_SCHEMA, check, load_params
 from asrcompress.io import log, setup_logging, write_json
 from asrcompress.models.real_checkpoints import build_real_checkpoint
 
@@ -16,7 +16,7 @@ from asrcompress.models.real_checkpoints import build_real_checkpoint
 def main(name: str, out_dir: str, record_path: str) -> None:
     setup_logging()
     cfg = load_params()
-    record = build_real_checkpoint(name, get(cfg, f"real_models.{name}", dict), out_dir)
+    record = build_real_checkpoint(name, check(cfg, f"real_models.{name}", REAL_MODEL_SCHEMA), out_dir)
     write_json(record_path, record)
     log.info("real_model@%s: %s (sha256 %s…, %s) -> %s, %.2f M parameters", name, record["packages"],
              record["source_sha256"][:12], "/".join(record["stored_dtypes"]), out_dir, record["params"] / 1e6)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from asrcompress.config import load_params
+from asrcompress.config import ParamError, get, load_params
 from asrcompress.io import log, setup_logging
 from asrcompress.report.figures import plot_p4_compression, write_all
 from asrcompress.report.tables import build_table, write_index, write_table
@@ -27,6 +27,11 @@ def undeclared_variant_metrics(variants: list[str], dvc_yaml: str | Path = "dvc.
 def main(*papers: str) -> None:
     setup_logging()
     cfg = load_params()
+    variants = list(get(cfg, "variants", (dict, type(None)), default=None) or {})
+    absent = [p for p in papers if not Path(f"reports/reported/{p}.yaml").is_file()]
+    if not papers or absent:
+        raise ParamError(f"report: no reports/reported/<paper>.yaml for {absent or 'no paper given'} "
+                         "(dvc.yaml report cmd: python stages/report.py p1 p2 ...)")
     # the top-level entries: those DVC fans out (paper_overrides.variants are paper 1's medium chain,
     # measured in pipelines/p1_medium/dvc.yaml, not a dependency of this stage)
     top_level = yaml.safe_load(Path("params.yaml").read_text()).get("variants") or {}
@@ -42,7 +47,7 @@ def main(*papers: str) -> None:
         built.append((data, rows))
         log.info("report@%s: reports/reported/%s.yaml + metrics -> reports/tables/%s.md (%d rows)",
                  paper, paper, paper, len(rows))
-    for path in write_all(".", list(papers), list(cfg.get("variants") or {})):
+    for path in write_all(".", list(papers), variants):
         log.info("report: %s", path)
     for key in (cfg["p4"]["models"] if "p4" in papers else []):  # p4_compress's traces
         for path in plot_p4_compression(f"reports/p4/{key}", "reports/figures"):

@@ -12,7 +12,7 @@ import sys
 
 from transformers import WhisperProcessor
 
-from asrcompress.config import get, load_params
+from asrcompress.config import TOKENIZER_SCHEMA, check, check_whisper, load_params
 from asrcompress.io import log, setup_logging
 from asrcompress.models.whisper import build_feature_extractor, build_tokenizer, resolve_source, train_bpe
 
@@ -20,14 +20,16 @@ from asrcompress.models.whisper import build_feature_extractor, build_tokenizer,
 def main(out_dir: str, *corpus_dirs: str) -> None:
     setup_logging()
     cfg = load_params()
-    source = get(cfg, "whisper.source", str)
+    whisper = check_whisper(cfg)
+    source = whisper["source"]
     if source == "scratch":
+        vocab_size = check(cfg, "tokenizer", TOKENIZER_SCHEMA)["vocab_size"]
         from datasets import load_from_disk
 
         texts = [t for d in corpus_dirs for t in load_from_disk(d)["train"]["text"]]
-        vocab, merges = train_bpe(texts, get(cfg, "tokenizer.vocab_size", int))
+        vocab, merges = train_bpe(texts, vocab_size)
         tok = build_tokenizer(vocab, merges)
-        fe = build_feature_extractor(get(cfg, "whisper.chunk_length_s", int))
+        fe = build_feature_extractor(whisper["chunk_length_s"])
         processor = WhisperProcessor(feature_extractor=fe, tokenizer=tok)
     else:
         processor = WhisperProcessor.from_pretrained(resolve_source(source))

@@ -1,4 +1,13 @@
-"""The paper profile's corpus loaders, offline: tiny local datasets with each hub's column names."""
+"""The paper profile's corpus loaders, offline: tiny local datasets with each hub's column names.
+
+Adding a hub corpus spec to ``asrcompress.data.hub_loaders.CORPORA``: the tests run over every spec and
+need one fixture entry, ``BUILDERS[<spec name>]``, a function ``(texts, audios=None) -> (rows, ids,
+speakers, sampling_rate)`` returning a few rows in the hub's own column layout (see ``ls_rows``). Until
+it exists each per-spec test fails saying so. ``TEXTS[<name>]`` (transcripts in the corpus's script) is
+optional (default: ``DEFAULT_TEXTS``). The hub location each split is read from is checked against the
+spec itself; ``EXPECTED_HUB_CALLS`` only pins the existing specs' locations, so a new spec needs no entry
+there.
+"""
 
 from __future__ import annotations
 
@@ -95,8 +104,25 @@ TEXTS = {"common_voice_11_hi": ["नमस्ते दुनिया", "यह
          "bambara": ["i ni ce", "n bɛ taa so", "awɔ merci"]}
 
 
+DEFAULT_TEXTS = ["hello world", "it is a test", "third one"]
+
+
+def fixture(name: str):
+    """The row builder and transcripts of spec ``name``; a spec without a builder fails naming what to add."""
+    if name not in BUILDERS:
+        spec = CORPORA[name]
+        columns = [c for c in (spec.audio_column, spec.text_column, spec.speaker_column, spec.id_column) if c]
+        pytest.fail(f"corpus spec {name!r} (hub_loaders.CORPORA) has no test fixture: add BUILDERS[{name!r}] to "
+                    f"tests/test_hub_loaders.py, a function (texts, audios=None) -> (rows, ids, speakers, sr) "
+                    f"building rows with the hub's columns {columns} (see ls_rows and the module docstring); "
+                    f"TEXTS[{name!r}] is optional", pytrace=False)
+    return BUILDERS[name], TEXTS.get(name, DEFAULT_TEXTS)
+
+
 def test_registry_covers_all_corpora_and_params():
-    assert set(BUILDERS) == set(CORPORA)
+    missing, stale = sorted(set(CORPORA) - set(BUILDERS)), sorted(set(BUILDERS) - set(CORPORA))
+    assert not missing, f"add BUILDERS entries (module docstring) for the corpus specs {missing}"
+    assert not stale, f"BUILDERS entries {stale} name no corpus spec in hub_loaders.CORPORA: remove them"
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     for key, entry in params["paper_overrides"]["corpora"].items():
         assert entry["source"] in CORPORA, f"paper corpus {key}: {entry['source']} is not a registered spec"
@@ -110,12 +136,13 @@ def test_registry_covers_all_corpora_and_params():
 
 @pytest.mark.parametrize("name", sorted(CORPORA))
 def test_schema_resampling_and_mapping(name):
-    rows, ids, speakers, sr = BUILDERS[name](TEXTS[name])
+    build, texts = fixture(name)
+    rows, ids, speakers, sr = build(texts)
     ds, stats = load_corpus_with_stats(name, "test", source=Dataset.from_dict(rows))
     assert ds.features == corpus_features()
     assert ds.column_names == list(corpus_features())
     assert len(ds) == 3 and stats.kept == 3 and stats.rows_read == 3 and stats.dropped_bad == 0
-    assert ds["text"] == TEXTS[name]  # as given, not normalised or stripped
+    assert ds["text"] == texts  # as given, not normalised or stripped
     assert ds["speaker"] == speakers
     assert ds["language"] == [CORPORA[name].language] * 3
     assert ds["id"] == (ids or [f"{name}-test-{i:07d}" for i in range(3)])
@@ -131,7 +158,8 @@ def test_schema_resampling_and_mapping(name):
 
 @pytest.mark.parametrize("name", sorted(CORPORA))
 def test_corrupt_audio_names_the_item(name):
-    rows, ids, _, _ = BUILDERS[name](TEXTS[name])
+    build, texts = fixture(name)
+    rows, ids, _, _ = build(texts)
     rows["audio"][1] = {"bytes": b"this is not audio", "path": "broken"}
     item = (ids or [f"{name}-test-{i:07d}" for i in range(3)])[1]
     with pytest.raises(AudioError, match=item):
@@ -144,9 +172,10 @@ def test_corrupt_audio_names_the_item(name):
 @pytest.mark.parametrize("name", sorted(CORPORA))
 @pytest.mark.parametrize("bad_text", ["", "   \t"])
 def test_empty_transcript_is_an_error_unless_dropped(name, bad_text):
-    texts = list(TEXTS[name])
+    build, texts = fixture(name)
+    texts = list(texts)
     texts[2] = bad_text
-    rows, ids, _, _ = BUILDERS[name](texts)
+    rows, ids, _, _ = build(texts)
     item = (ids or [f"{name}-test-{i:07d}" for i in range(3)])[2]
     with pytest.raises(CorpusError, match=rf"{item}.*field 'text'"):
         load_corpus(name, "test", source=Dataset.from_dict(rows))
@@ -209,7 +238,13 @@ def test_duplicate_ids_are_an_error():
         load_corpus("librispeech_clean", "test", source=Dataset.from_dict(rows))
 
 
-EXPECTED_HUB_CALLS = {
+def hub_calls(name: str) -> list[tuple[str, str | None, str]]:
+    """What the loader must ask ``datasets.load_dataset`` for our train, dev and test splits, per the spec."""
+    spec = CORPORA[name]
+    return [(spec.hub_id, spec.hub_config(s), spec.hub_split(s)) for s in ("train", "dev", "test")]
+
+
+EXPECTED_HUB_CALLS = {  # the existing specs' hub locations, pinned (a new spec needs no entry)
     "common_voice_11_hi": {"train": ("mozilla-foundation/common_voice_11_0", "hi", "train+validation"),
                            "dev": ("mozilla-foundation/common_voice_11_0", "hi", "train+validation"),
                            "test": ("mozilla-foundation/common_voice_11_0", "hi", "test")},
@@ -230,23 +265,29 @@ EXPECTED_HUB_CALLS = {
 @pytest.mark.parametrize("name", sorted(CORPORA))
 def test_without_source_the_hub_is_asked_for_the_right_split(name, monkeypatch):
     audio = encode(sine(440.0, 16_000, 0.2), 16_000, "WAV")
+    build, _ = fixture(name)
     calls = []
 
     def fake_load_dataset(path, config=None, split=None, **kwargs):
         calls.append((path, config, split))
-        rows, _, _, _ = BUILDERS[name]([f"text {i}" for i in range(6)], audios=[audio] * 6)
+        rows, _, _, _ = build([f"text {i}" for i in range(6)], audios=[audio] * 6)
         return Dataset.from_dict(rows)
 
     monkeypatch.setattr(hub_loaders.datasets, "load_dataset", fake_load_dataset)
     sizes = {}
     for split in ("train", "dev", "test"):
         sizes[split] = len(load_corpus(name, split))
-    assert calls == [EXPECTED_HUB_CALLS[name][s] for s in ("train", "dev", "test")]
+    assert calls == hub_calls(name)
     assert sizes["test"] == 6
     if CORPORA[name].dev_held_out is not None:
         assert sizes["train"] + sizes["dev"] == 6
     else:
         assert sizes["train"] == sizes["dev"] == 6
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_HUB_CALLS))
+def test_existing_specs_read_their_pinned_hub_locations(name):
+    assert hub_calls(name) == [EXPECTED_HUB_CALLS[name][s] for s in ("train", "dev", "test")]
 
 
 def test_common_voice_release_directory_as_source(tmp_path):

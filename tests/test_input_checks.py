@@ -139,15 +139,18 @@ def test_the_project_params_load_as_before():
 
 
 def write_params(tmp_path, sizes: str, window: int = 4) -> None:
-    text = (f"profile: smoke\nseed: 1\ncorpora:\n  en:\n    source: synth\n    language: en\n    sizes: {sizes}\n"
-            f"whisper:\n  chunk_length_s: {window}\nsynth: {SYNTH}\n")
+    text = (f"profile: smoke\nseed: 1\ncorpora:\n  en:\n    source: synth\n    language: en\n    whisper_language: en\n"
+            f"    normalizer: english\n    sizes: {sizes}\n"
+            f"whisper:\n  source: scratch\n  chunk_length_s: {window}\n  attn_implementation: sdpa\n"
+            f"  dims: {{d_model: 8, encoder_layers: 1, decoder_layers: 1, attention_heads: 2, ffn_dim: 8, "
+            f"max_target_positions: 8}}\nsynth: {SYNTH}\n")
     (tmp_path / "params.yaml").write_text(text)
 
 
 @pytest.mark.parametrize("sizes,window,match", [
     ("{train: -1, dev: 1, test: 1}", 4, r"corpora\.en\.sizes\.train: must be >= 0 for a synthetic corpus, got -1"),
     ("{train: 1, dev: 1, test: -5}", 4, r"corpora\.en\.sizes\.test: must be >= 0"),
-    ("{train: 1, dev: 1, test: 1.5}", 4, r"corpora\.en\.sizes\.test' must be int"),
+    ("{train: 1, dev: 1, test: 1.5}", 4, r"corpora\.en\.sizes\.test: must be int"),
     ("{train: 1, dev: 1, test: 1}", 0, r"whisper\.chunk_length_s: must be >= 1"),
     ("{train: 1, dev: 1, test: 1}", -2, r"whisper\.chunk_length_s: must be >= 1"),
 ])
@@ -225,7 +228,7 @@ def test_prepare_keeps_minus_one_for_hub_corpora(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub, "load_corpus_with_stats", fake)
     write_params(tmp_path, "{train: -1, dev: -1, test: -1}")
-    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("source: synth", "source: x"))
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("source: synth", "source: librispeech_other"))
     monkeypatch.chdir(tmp_path)
     load_stage("prepare").main("en", str(tmp_path / "out"), str(tmp_path / "stats.json"))
     assert asked == [-1, -1, -1]

@@ -176,7 +176,7 @@ def test_nan_loss_stops_with_the_step(processor, rows, tmp_path):
 
 
 def test_bad_train_params_are_named():
-    with pytest.raises(ValueError, match="unknown training key"):
+    with pytest.raises(ValueError, match=r"train\.learning_rate: unknown key"):
         TrainConfig.from_params({"max_steps": 3, "batch_size": 2, "lr": 0.1, "learning_rate": 1}, 0)
     with pytest.raises(ValueError, match="train.lr|'lr' must be float"):
         TrainConfig.from_params({"max_steps": 3, "batch_size": 2, "lr": "fast"}, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import random
 import re
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from asrcompress.text.normalize import _NORMALIZERS
 
 PROFILES = ("smoke", "paper")
 
@@ -90,7 +93,8 @@ def get(cfg: Mapping[str, Any], dotted: str, typ: type | tuple[type, ...] | None
     """``get(cfg, "train.lr", float)``: the value at a dotted key, type-checked.
 
     Raises :class:`ParamError` naming the key when it is missing or of the wrong type
-    (ints are accepted where floats are asked for; bools are never taken as numbers).
+    (ints are accepted where floats are asked for; bools are never taken as numbers; a float must be
+    finite: ``.nan`` / ``.inf`` are refused).
     """
     node: Any = cfg
     for part in dotted.split("."):
@@ -107,6 +111,8 @@ def get(cfg: Mapping[str, Any], dotted: str, typ: type | tuple[type, ...] | None
         if bad_bool or not isinstance(node, types):
             names = "/".join(t.__name__ for t in types)
             raise ParamError(f"params.yaml: key '{dotted}' must be {names}, got {type(node).__name__} {node!r}")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ParamError(f"params.yaml: key '{dotted}' must be a finite number, got {node!r}")
     return node
 
 
@@ -114,7 +120,7 @@ def get(cfg: Mapping[str, Any], dotted: str, typ: type | tuple[type, ...] | None
 class Spec:
     """What one key of a params section may hold (see :func:`check_section`).
 
-    ``type``: accepted type(s) (ints pass for float; bools never pass for numbers).
+    ``type``: accepted type(s) (ints pass for float; bools never pass for numbers; floats must be finite).
     ``required``: absent (or null, when optional) keys are allowed only if False.
     ``min``: smallest allowed number; ``choices``: allowed values; ``pattern``: a regex the whole
     string must match (``what`` is its description in the error message).
@@ -135,6 +141,8 @@ def _check_value(value: Any, dotted: str, spec: Spec) -> Any:
     if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
         names = "/".join(t.__name__ for t in types)
         raise ParamError(f"params.yaml: {dotted}: must be {names}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamError(f"params.yaml: {dotted}: must be a finite number, got {value!r}")
     if spec.min is not None and value < spec.min:
         raise ParamError(f"params.yaml: {dotted}: must be >= {spec.min:g}, got {value!r}")
     if spec.choices is not None and value not in spec.choices:
@@ -166,6 +174,100 @@ def check_section(section: Any, name: str, schema: Mapping[str, Spec]) -> dict[s
             continue
         out[key] = _check_value(section[key], f"{name}.{key}", spec)
     return out
+
+
+# ------------------------------------------------------------------------------ section schemas
+# The sections the shared (non-paper) stages read, checked before any work with errors naming
+# ``section.key``. Training sections: ``asrcompress.train.loop.TRAIN_SCHEMA`` (``TrainConfig.from_params``);
+# ``measure``: ``asrcompress.measure.suite.validate_measure_params``.
+_LANG = r"[a-z]{2,3}(_[A-Za-z0-9]+)?"
+NORMALIZER_NAMES = tuple(_NORMALIZERS)  # text.normalize.get_normalizer's names
+CORPUS_SCHEMA = {  # corpora.<key>
+    "source": Spec(str), "language": Spec(str, pattern=_LANG, what="a language code (e.g. en)"),
+    "whisper_language": Spec(str, pattern=_LANG, what="a Whisper language code (e.g. en)"),
+    "normalizer": Spec(str, choices=NORMALIZER_NAMES), "sizes": Spec(dict)}
+SIZES_SCHEMA = {s: Spec(int) for s in ("train", "dev", "test")}  # >= 0; hub corpora: -1 = every item
+SYNTH_SCHEMA = {"rate_wpm": Spec(list), "pitch": Spec(list), "gain": Spec(list),
+                "noise_prob": Spec(float, min=0), "snr_db": Spec(float)}
+WHISPER_SCHEMA = {"source": Spec(str), "chunk_length_s": Spec(int, min=1),
+                  "attn_implementation": Spec(str, choices=("eager", "sdpa", "flash_attention_2")),
+                  "dims": Spec(dict, required=False)}
+DIMS_SCHEMA = {**{k: Spec(int, min=1) for k in ("d_model", "encoder_layers", "decoder_layers", "attention_heads",
+                                                  "ffn_dim", "max_target_positions")},
+               "num_mel_bins": Spec(int, required=False, min=1), "dropout": Spec(float, required=False, min=0)}
+TOKENIZER_SCHEMA = {"vocab_size": Spec(int, min=300)}  # below ~300 the byte-level BPE has no merges left
+PRETRAIN_CTC_SCHEMA = {"weight": Spec(float, min=0), "frame_stride": Spec(int, min=1)}
+MODEL_ENTRY_SCHEMA = {"corpus": Spec(str)}  # models.<key>
+REAL_CORPUS_SCHEMA = {  # real_corpora.<key>
+    "dir": Spec(str), "language": CORPUS_SCHEMA["language"], "whisper_language": CORPUS_SCHEMA["whisper_language"],
+    "normalizer": CORPUS_SCHEMA["normalizer"], "splits": Spec(dict, required=False),
+    "max_items": Spec(int, required=False, min=1), "speaker_from_id": Spec(str, required=False, choices=("none", "dash"))}
+REAL_MODEL_SCHEMA = {"files": Spec(list), "meta_dir": Spec(str),  # real_models.<name>
+                     "sha256": Spec(str, pattern=r"[0-9a-f]{64}", what="64 lower-case hex digits")}
+
+
+def check(cfg: Mapping[str, Any], dotted: str, schema: Mapping[str, Spec]) -> dict[str, Any]:
+    """``check(cfg, "corpora.en", CORPUS_SCHEMA)``: the section at ``dotted``, validated by
+    :func:`check_section` (missing section: a :class:`ParamError` naming it)."""
+    return check_section(get(cfg, dotted), dotted, schema)
+
+
+def check_range(values: Any, dotted: str) -> tuple[float, float]:
+    """A ``[low, high]`` pair of finite numbers with low <= high (``synth.pitch``)."""
+    ok = (isinstance(values, list) and len(values) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+    if not ok or values[0] > values[1]:
+        raise ParamError(f"params.yaml: {dotted}: must be [low, high] with low <= high, got {values!r}")
+    return float(values[0]), float(values[1])
+
+
+def check_corpus(cfg: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``corpora.<key>`` and its ``sizes``; ``source`` must be ``synth`` or a hub spec name. A synthetic
+    corpus also needs ``synth`` (ranges, probability <= 1) and sizes >= 0."""
+    from asrcompress.data.hub_loaders import CORPORA
+
+    name = f"corpora.{key}"
+    if key not in (get(cfg, "corpora", dict)):
+        raise ParamError(f"params.yaml: missing key '{name}' (corpora: {sorted(cfg['corpora'])})")
+    corpus = check(cfg, name, CORPUS_SCHEMA)
+    if corpus["source"] != "synth" and corpus["source"] not in CORPORA:
+        raise ParamError(f"params.yaml: {name}.source: {corpus['source']!r} is neither 'synth' nor a hub corpus "
+                         f"spec ({sorted(CORPORA)}; asrcompress.data.hub_loaders)")
+    corpus["sizes"] = check(cfg, f"{name}.sizes", SIZES_SCHEMA)
+    synthetic = corpus["source"] == "synth"
+    for split, n in corpus["sizes"].items():  # 0 = an empty split (an evaluation-only corpus), still written
+        if n < (0 if synthetic else -1):
+            raise ParamError(f"params.yaml: {name}.sizes.{split}: must be "
+                             f"{'>= 0 for a synthetic corpus' if synthetic else '>= 0, or -1 for every item'}, got {n}")
+    if synthetic:
+        synth = check(cfg, "synth", SYNTH_SCHEMA)
+        for k in ("rate_wpm", "pitch", "gain"):
+            check_range(synth[k], f"synth.{k}")
+        if synth["noise_prob"] > 1:
+            raise ParamError(f"params.yaml: synth.noise_prob: must be <= 1, got {synth['noise_prob']!r}")
+    return corpus
+
+
+def check_whisper(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``whisper`` section; ``dims`` (required for ``source: scratch``) with heads dividing d_model."""
+    whisper = check(cfg, "whisper", WHISPER_SCHEMA)
+    if whisper["source"] == "scratch":
+        if whisper.get("dims") is None:
+            raise ParamError("params.yaml: missing key 'whisper.dims' (whisper.source is scratch)")
+        dims = whisper["dims"] = check(cfg, "whisper.dims", DIMS_SCHEMA)
+        if dims["d_model"] % dims["attention_heads"]:
+            raise ParamError(f"params.yaml: whisper.dims.attention_heads: {dims['attention_heads']} does not divide "
+                             f"whisper.dims.d_model {dims['d_model']}")
+    return whisper
+
+
+def check_model_entry(cfg: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``models.<key>``: its ``corpus`` must be a ``corpora`` key."""
+    entry = check(cfg, f"models.{key}", MODEL_ENTRY_SCHEMA)
+    if entry["corpus"] not in get(cfg, "corpora", dict):
+        raise ParamError(f"params.yaml: models.{key}.corpus: {entry['corpus']!r} is not a key of corpora "
+                         f"({sorted(cfg['corpora'])})")
+    return entry
 
 
 def set_profile(path: str | os.PathLike, profile: str) -> None:

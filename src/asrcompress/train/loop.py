@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from asrcompress.config import derive_seed
+from asrcompress.config import ParamError, Spec, check_section, derive_seed
 from asrcompress.train.determinism import deterministic_algorithms
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -95,28 +95,34 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     deterministic: bool = True           # torch's deterministic kernels (train/determinism.py)
 
-    @classmethod
-    def from_params(cls, section: dict[str, Any], seed: int) -> TrainConfig:
-        from asrcompress.config import get
+    def __post_init__(self) -> None:  # a config built in code gets the same bounds as one from params
+        if self.checkpoint_every < 1 or not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"TrainConfig: checkpoint_every must be >= 1 and grad_clip finite and >= 0 "
+                             f"(0 = no clipping), got {self.checkpoint_every} and {self.grad_clip}")
 
-        known = set(cls.__dataclass_fields__) - {"seed"}
-        unknown = set(section) - known
-        if unknown:
-            raise ValueError(f"params.yaml: unknown training key(s) {sorted(unknown)}; known: {sorted(known)}")
-        types = {"max_steps": int, "batch_size": int, "lr": float, "warmup_steps": int,
-                 "weight_decay": float, "grad_clip": float, "checkpoint_every": int, "num_threads": int,
-                 "mixed_precision": str, "grad_accum_steps": int, "gradient_checkpointing": bool,
-                 "deterministic": bool}
-        values = {k: get(section, k, types[k]) for k in section}
-        cfg = cls(seed=seed, **values)
-        if cfg.max_steps <= 0 or cfg.batch_size <= 0 or cfg.lr <= 0:
-            raise ValueError("params.yaml: train.max_steps, train.batch_size and train.lr must be > 0")
-        if cfg.grad_accum_steps < 1:
-            raise ValueError(f"params.yaml: train.grad_accum_steps must be >= 1, got {cfg.grad_accum_steps}")
-        if cfg.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"params.yaml: train.mixed_precision must be one of {list(MIXED_PRECISION)}, "
-                             f"got {cfg.mixed_precision!r}")
-        return cfg
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any], seed: int, name: str = "train") -> TrainConfig:
+        """The config of the training section ``name`` of params.yaml (a dotted path: ``"train"``,
+        ``"p1.sgl_train"``), checked before any work: a :class:`~asrcompress.config.ParamError` naming
+        ``name.key`` for an unknown, missing, mistyped, non-finite or out-of-range key."""
+        values = check_section(section, name, TRAIN_SCHEMA)
+        if values["lr"] <= 0:
+            raise ParamError(f"params.yaml: {name}.lr: must be > 0, got {values['lr']!r}")
+        return cls(seed=seed, **{k: v for k, v in values.items() if v is not None})
+
+
+#: The keys of every training section (``pretrain``, ``train``, ``p1.sgl_train``, ``p4.train`` ...).
+#: ``grad_clip: 0`` switches clipping off; ``checkpoint_every`` >= 1 (set it to ``max_steps`` for one
+#: checkpoint at the end: a finished run removes its checkpoint anyway).
+TRAIN_SCHEMA: dict[str, Spec] = {
+    "max_steps": Spec(int, min=1), "batch_size": Spec(int, min=1), "lr": Spec(float),
+    "warmup_steps": Spec(int, required=False, min=0), "weight_decay": Spec(float, required=False, min=0),
+    "grad_clip": Spec(float, required=False, min=0), "checkpoint_every": Spec(int, required=False, min=1),
+    "num_threads": Spec(int, required=False, min=1),
+    "mixed_precision": Spec(str, required=False, choices=MIXED_PRECISION),
+    "grad_accum_steps": Spec(int, required=False, min=1),
+    "gradient_checkpointing": Spec(bool, required=False), "deterministic": Spec(bool, required=False),
+}
 
 
 Collate = Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]
