@@ -67,7 +67,8 @@ def main(dense_dir: str, corpus_dir: str, prune_metrics: str, out_dir: str, loss
     logs: list[Path] = []
 
     def finetune(m, r: int) -> dict:
-        tcfg = TrainConfig.from_params(get(p1, "imp_train", dict), derive_seed(seed, "p1", "imp", str(r)))
+        tcfg = TrainConfig.from_params(get(p1, "imp_train", dict), derive_seed(seed, "p1", "imp", str(r)),
+                                           name="p1.imp_train")
         logs.append(ckpt / f"round{r}_loss.csv")
         return train(m, rows, collate, tcfg, ckpt_dir=ckpt / f"round{r}", loss_log=logs[-1],
                      fingerprint={"stage": "p1_imp", "dense": dense_dir, "target": target, "rounds": rounds,

@@ -50,7 +50,8 @@ def main(sgl_dir: str, dense_dir: str, corpus_dir: str, out_dir: str, loss_csv: 
     recovery = get(p1, "recovery_train", (dict, type(None)))
     summary: dict = {"steps": 0}
     if recovery:
-        tcfg = TrainConfig.from_params(recovery, derive_seed(get(cfg, "seed", int), "p1", "recovery"))
+        tcfg = TrainConfig.from_params(recovery, derive_seed(get(cfg, "seed", int), "p1", "recovery"),
+                                           name="p1.recovery_train")
         collate = WhisperCollator(processor, language, max_target_positions=model.config.max_target_positions)
         summary = train(model, load_split(corpus_dir, "train"), collate, tcfg,
                         ckpt_dir=f"checkpoints/{Path(out_dir).name}", loss_log=loss_csv,

@@ -50,8 +50,9 @@ def main(*argv: str) -> None:
     if control:  # no penalty: every lambda 0 (kinds kept, so the same groups are reported)
         sgl = SGLConfig(l1_kinds=sgl.l1_kinds, group_kinds=sgl.group_kinds, mode=sgl.mode)
     name = "p1_dense_ft" if control else "p1_sgl"
-    tcfg = TrainConfig.from_params(get(p1, "control_train" if control else "sgl_train", dict),
-                                   derive_seed(get(cfg, "seed", int), "p1", "sgl"))
+    section = "control_train" if control else "sgl_train"
+    tcfg = TrainConfig.from_params(get(p1, section, dict), derive_seed(get(cfg, "seed", int), "p1", "sgl"),
+                                   name=f"p1.{section}")
     model = load_compressed(dense_dir).train()
     processor = WhisperProcessor.from_pretrained(dense_dir)
     plot_kinds = sgl.group_kinds or sgl.l1_kinds

@@ -48,7 +48,8 @@ def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: s
     setup_logging()
     cfg = load_params()
     spec = get(cfg, f"p4.models.{key}", dict)
-    tcfg = TrainConfig.from_params(get(cfg, "p4.compress_train", dict), get(cfg, "seed", int))
+    tcfg = TrainConfig.from_params(get(cfg, "p4.compress_train", dict), get(cfg, "seed", int),
+                                   name="p4.compress_train")
     gate_params = dict(get(cfg, "p4.gates", dict))
     if spec.get("target_sparsity") is not None:  # per-model target (the paper: 65 % / 60 %)
         gate_params["target_sparsity"] = float(spec["target_sparsity"])

@@ -30,7 +30,7 @@ def main(key: str, corpus_dir: str, out_dir: str, loss_csv: str, metrics_path: s
     processor = build_processor(build_vocab(r["text"] for r in rows))
     torch.manual_seed(derive_seed(get(cfg, "seed", int), "p4_init", key))  # the initial weights
     model = build_model(kind, source, processor, dims, get(cfg, "p4.attn_implementation", str))
-    tcfg = TrainConfig.from_params(get(cfg, "p4.train", dict), get(cfg, "seed", int))
+    tcfg = TrainConfig.from_params(get(cfg, "p4.train", dict), get(cfg, "seed", int), name="p4.train")
     fingerprint = {"model": key, "kind": kind, "source": source, "dims": dims,
                    "vocab": processor.tokenizer.get_vocab()}
     summary = train(model, rows, CTCCollator(processor), tcfg, ckpt_dir=f"checkpoints/p4_train/{key}",

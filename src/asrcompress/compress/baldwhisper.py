@@ -87,7 +87,7 @@ def recover(model: torch.nn.Module, variant: str, spec: Mapping[str, Any], p2: M
     section = {**get(p2, "train", dict), **({"max_steps": spec["max_steps"]} if "max_steps" in spec else {})}
     if int(section["max_steps"]) == 0:
         return {"train": {"steps": 0}}
-    tcfg = TrainConfig.from_params(section, seed)
+    tcfg = TrainConfig.from_params(section, seed, name="p2.train")
     out: dict[str, Any] = {}
     kd = None
     if get(spec, "distill", bool):
