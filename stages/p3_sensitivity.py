@@ -4,6 +4,9 @@ Calibration = the first ``p3.calibration_fraction`` of the test split (the rest 
 set); per-utterance gradients (batch size 1) of the teacher-forced loss on the reference transcript.
 
     python stages/p3_sensitivity.py <model-dir> <corpus-dir> <scores-csv> <scores-json> <heatmap-png> <metrics-json>
+        [<params-section>]
+
+``<params-section>`` (default ``p3``): ``p3_real`` runs it on the real Whisper base (pipelines/p3_real).
 
 ``p3.source`` (a hub id or path) replaces <model-dir> when set (paper profile: off-the-shelf whisper-small).
 """
@@ -16,37 +19,38 @@ from pathlib import Path
 
 import torch
 
+from asrcompress.compress.p3_oneshot import p3_data
 from asrcompress.compress.sensitivity import (
-    calibration_split,
     component_totals,
     per_param,
     sensitivity_scores,
     whisper_loss_fn,
 )
 from asrcompress.config import get, load_params
-from asrcompress.io import load_split, log, setup_logging, write_csv, write_json
+from asrcompress.io import log, setup_logging, write_csv, write_json
 from asrcompress.models.whisper import load_pretrained
 from asrcompress.report.figures import plot_p3_sensitivity
 
 
-def main(model_dir: str, corpus_dir: str, csv_path: str, json_path: str, png_path: str, metrics_path: str) -> None:
+def main(model_dir: str, corpus_dir: str, csv_path: str, json_path: str, png_path: str, metrics_path: str,
+         section: str = "p3") -> None:
     setup_logging()
     cfg = load_params()
-    model_key = get(cfg, "p3.model", str)
-    language = get(cfg, f"corpora.{get(cfg, f'models.{model_key}.corpus', str)}.whisper_language", str)
-    torch.set_num_threads(get(cfg, "p3.num_threads", int))
-    source = get(cfg, "p3.source", (str, type(None))) or model_dir
+    data = p3_data(cfg, section, corpus_dir)
+    calib, language = data.calibration, data.language
+    torch.set_num_threads(get(cfg, f"{section}.num_threads", int))
+    source = get(cfg, f"{section}.source", (str, type(None))) or model_dir
     model, processor = load_pretrained(source)
-    model.to(get(cfg, "p3.device", str))
-    calib, _ = calibration_split(load_split(corpus_dir, "test"), get(cfg, "p3.calibration_fraction", float))
+    model.to(get(cfg, f"{section}.device", str))
     t0 = time.time()
-    records = sensitivity_scores(model, calib, whisper_loss_fn(processor, language), get(cfg, "p3.n_grad", int),
-                                 get(cfg, "p3.n_fisher", int))
+    records = sensitivity_scores(model, calib, whisper_loss_fn(processor, language),
+                                 get(cfg, f"{section}.n_grad", int), get(cfg, f"{section}.n_fisher", int))
     seconds = time.time() - t0
     records = per_param(records)
     totals = component_totals(records)
     write_csv(csv_path, records)
-    write_json(json_path, {"model": str(source), "calibration_utterances": len(calib), "per_layer": records,
+    write_json(json_path, {"model": str(source), "calibration_utterances": len(calib),
+                           "calibration_from": data.calibration_from, "per_layer": records,
                            "per_component": totals})
     plot_p3_sensitivity(records, png_path, title=f"p3 sensitivity: {Path(str(source)).name}, "
                                           f"{records[0]['n_grad']}/{records[0]['n_fisher']} calibration utts")
@@ -59,13 +63,13 @@ def main(model_dir: str, corpus_dir: str, csv_path: str, json_path: str, png_pat
                **{f"{t['component']}_fisher_per_param": t["score_fisher_per_param"] for t in totals},
                **{f"{t['component']}_grad_per_param": t["score_grad_per_param"] for t in totals}}
     write_json(metrics_path, metrics)
-    log.info("p3_sensitivity: %s on %s/test[:%d] -> %s, %s (%.1fs); per parameter, most/least sensitive: "
-             "Fisher %s/%s, gradient %s/%s", source, corpus_dir, len(calib), csv_path, png_path, seconds,
+    log.info("p3_sensitivity: %s on %s -> %s, %s (%.1fs); per parameter, most/least sensitive: "
+             "Fisher %s/%s, gradient %s/%s", source, data.calibration_from, csv_path, png_path, seconds,
              metrics["most_sensitive_fisher"], metrics["least_sensitive_fisher"], metrics["most_sensitive_grad"],
              metrics["least_sensitive_grad"])
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 7:
+    if len(sys.argv) not in (7, 8):
         raise SystemExit(__doc__)
     main(*sys.argv[1:])

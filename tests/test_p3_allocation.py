@@ -245,3 +245,31 @@ def test_committed_style_sens_40_figure_no_longer_matches(tmp_path):
     _, rows = build_table(tmp_path / "reports/reported/p3.yaml", tmp_path, "smoke")
     status = {r["id"]: r["status"] for r in rows}
     assert status["sens_40"] == "differs" and status["sens_40_paper_ratios"] == "differs"
+
+
+def test_p3_data_calibrates_on_another_corpus_and_evaluates_the_whole_test_split(tmp_path, monkeypatch):
+    """``p3_real``: the sensitivity never sees test audio (calibration_corpus's train split); the whole
+    test split is evaluated; language and normaliser come from ``<section>.corpus`` (a real_corpora key)."""
+    from datasets import Dataset, DatasetDict
+
+    from asrcompress.compress.p3_oneshot import p3_data
+
+    rows = [{**r, "audio": {"array": r["audio"]["array"].tolist(), "sampling_rate": 16000}}
+            for r in make_offline_rows(6)]
+    test_rows = [{**r, "id": f"t{i}"} for i, r in enumerate(rows)]
+    train_rows = [{**r, "id": f"c{i}"} for i, r in enumerate(rows)]
+    DatasetDict({"test": Dataset.from_list(test_rows)}).save_to_disk(str(tmp_path / "real"))
+    (tmp_path / "data/corpora").mkdir(parents=True)
+    DatasetDict({"train": Dataset.from_list(train_rows)}).save_to_disk(str(tmp_path / "data/corpora/syn"))
+    monkeypatch.chdir(tmp_path)
+    cfg = {"real_corpora": {"r": {"whisper_language": "en", "normalizer": "english"}},
+           "sec": {"corpus": "r", "calibration_corpus": "syn", "n_grad": 4, "n_fisher": 2,
+                   "calibration_fraction": 0.5}}
+    data = p3_data(cfg, "sec", "real")
+    assert (data.language, data.normalizer) == ("en", "english")
+    assert [r["id"] for r in data.calibration] == ["c0", "c1", "c2", "c3"]  # max(n_grad, n_fisher) train rows
+    assert [r["id"] for r in data.evaluation] == [f"t{i}" for i in range(6)]  # every test utterance
+    del cfg["sec"]["calibration_corpus"]  # the paper code's protocol: the head of the test split
+    data = p3_data(cfg, "sec", "real")
+    assert [r["id"] for r in data.calibration] == ["t0", "t1", "t2"]
+    assert [r["id"] for r in data.evaluation] == ["t3", "t4", "t5"]

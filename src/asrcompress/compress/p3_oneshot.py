@@ -278,3 +278,42 @@ def headline_metrics(table: Sequence[Mapping[str, Any]], final_key: str = "sensi
                     "final_storage_dense_mib": final["storage_dense_mib"]})
     out["n_eval_utts"] = table[0]["n_utts"]
     return out
+
+
+@dataclass
+class P3Data:
+    """What a paper 3 stage reads for its params section (``p3`` or ``p3_real``, see :func:`p3_data`)."""
+
+    section: str
+    language: str
+    normalizer: str
+    calibration: list[dict]
+    evaluation: list[dict]
+    calibration_from: str
+
+
+def p3_data(cfg: Mapping[str, Any], section: str, corpus_dir: str) -> P3Data:
+    """Language, normaliser, calibration rows and evaluation rows of ``section``.
+
+    The corpus is ``<section>.corpus`` (a key of ``corpora`` or ``real_corpora``) when set, else the corpus
+    of ``models.<section>.model``. Calibration: with ``<section>.calibration_corpus`` set, the first
+    ``max(n_grad, n_fisher)`` rows of that (synthetic) corpus's *train* split, and the whole test split of
+    ``corpus_dir`` is evaluated (the sensitivity never sees the test set); otherwise the paper code's
+    protocol, the first ``calibration_fraction`` of the test split, the rest evaluated."""
+    from asrcompress.compress.sensitivity import calibration_split
+    from asrcompress.config import get
+    from asrcompress.io import load_split
+
+    corpus = get(cfg, f"{section}.corpus", (str, type(None)), default=None) or \
+        get(cfg, f"models.{get(cfg, f'{section}.model', str)}.corpus", str)
+    corpora = next((c for c in ("corpora", "real_corpora") if corpus in (cfg.get(c) or {})), "corpora")
+    language = get(cfg, f"{corpora}.{corpus}.whisper_language", str)
+    normalizer = get(cfg, f"{corpora}.{corpus}.normalizer", str)
+    calib_corpus = get(cfg, f"{section}.calibration_corpus", (str, type(None)), default=None)
+    test = load_split(corpus_dir, "test")
+    if calib_corpus:
+        n = max(get(cfg, f"{section}.n_grad", int), get(cfg, f"{section}.n_fisher", int))
+        calib = load_split(f"data/corpora/{calib_corpus}", "train")[:n]
+        return P3Data(section, language, normalizer, calib, test, f"data/corpora/{calib_corpus}/train[:{len(calib)}]")
+    calib, rest = calibration_split(test, get(cfg, f"{section}.calibration_fraction", float))
+    return P3Data(section, language, normalizer, calib, rest, f"{corpus_dir}/test[:{len(calib)}]")
