@@ -121,3 +121,22 @@ def load_stage(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def sensitivity_records(model, seed: int = 0) -> list[dict]:
+    """Records in p3_sensitivity's schema for ``model`` (per component and layer, as sensitivity_scores
+    groups them), with seeded random per-parameter scores in [0.01, 1)."""
+    import numpy as np
+
+    from asrcompress.compress.components import param_map
+
+    rng = np.random.default_rng(seed)
+    recs: dict = {}
+    for info in param_map(model):
+        if info.prunable:
+            r = recs.setdefault((info.component, info.layer), {"component": info.component, "layer": info.layer,
+                                                                "n_params": 0, "score_grad": 0.0, "score_fisher": 0.0})
+            r["n_params"] += info.numel
+            r["score_fisher"] += float(rng.uniform(0.01, 1.0)) * info.numel
+            r["score_grad"] += float(rng.uniform(0.01, 1.0)) * info.numel
+    return list(recs.values())

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import OFFLINE_DIMS, load_stage, make_offline_rows, make_tiny_whisper
+from conftest import OFFLINE_DIMS, load_stage, make_offline_rows, make_tiny_whisper, sensitivity_records
 
 from asrcompress.compress.allocation import AllocationRule, allocate, allocation_units
-from asrcompress.compress.components import param_map, prunable_filter
+from asrcompress.compress.components import prunable_filter
 from asrcompress.compress.magnitude import count_pruned
 from asrcompress.compress.p3_oneshot import plan_points, point_masks, prunable_numel
 from asrcompress.report.tables import compare_row
@@ -35,20 +35,6 @@ def records(seed: int = 0, n_layers: int = 4, tied: bool = True) -> list[dict]:
         r["score_fisher"] = float(10 ** rng.uniform(-3, 0)) * r["n_params"]
         r["score_grad"] = float(10 ** rng.uniform(-3, 0)) * r["n_params"]
     return out
-
-
-def model_records(model: torch.nn.Module, seed: int = 0) -> list[dict]:
-    """Records in p3_sensitivity's schema for ``model`` (per use, as sensitivity_scores groups them)."""
-    rng = np.random.default_rng(seed)
-    recs: dict = {}
-    for info in param_map(model):
-        if info.prunable:
-            r = recs.setdefault((info.component, info.layer), {"component": info.component, "layer": info.layer,
-                                                                "n_params": 0, "score_grad": 0.0, "score_fisher": 0.0})
-            r["n_params"] += info.numel
-            r["score_fisher"] += float(rng.uniform(0.01, 1.0)) * info.numel
-            r["score_grad"] += float(rng.uniform(0.01, 1.0)) * info.numel
-    return list(recs.values())
 
 
 # ---------------------------------------------------------------------------------------------- the rule
@@ -121,14 +107,14 @@ def test_sensitivity_point_prunes_by_the_scores_at_the_target_sparsity():
     masks = {}
     for seed in (0, 1):
         points = plan_points(model, dec_self_attn_ratios=[], last_encoder_ratio=None, compare_sparsities=[0.4],
-                             sensitivity=model_records(model, seed), baselines=[])
+                             sensitivity=sensitivity_records(model, seed), baselines=[])
         (sens,) = [p for p in points if p.method == "sensitivity"]
         masks[seed] = point_masks(model, sens, {})
         assert abs(count_pruned(masks[seed]) - 0.4 * n) <= n_tensors  # per-tensor rounding only
     assert any(not torch.equal(masks[0][k], masks[1][k]) for k in masks[0])  # other scores, other masks
     with pytest.raises(ValueError, match="measured on another model"):
         plan_points(make_tiny_whisper(decoder_layers=3), dec_self_attn_ratios=[], last_encoder_ratio=None,
-                    sensitivity=model_records(model), baselines=[])
+                    sensitivity=sensitivity_records(model), baselines=[])
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -152,7 +138,7 @@ def _stage_inputs(tmp_path: Path, offline_processor) -> None:
                       "bootstrap_resamples": 20, "num_threads": 1, "device": "cpu"})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
     for seed in (0, 1):
-        (tmp_path / f"sens{seed}.json").write_text(json.dumps({"per_layer": model_records(model, seed)}))
+        (tmp_path / f"sens{seed}.json").write_text(json.dumps({"per_layer": sensitivity_records(model, seed)}))
 
 
 def test_p3_prune_reads_the_sensitivity_file(tmp_path, monkeypatch, offline_processor):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_ctc, make_tiny_whisper
+from conftest import make_tiny_ctc, make_tiny_whisper, sensitivity_records
 
 from asrcompress.compress.components import (
     COMPONENTS,
@@ -242,20 +242,6 @@ def test_nonzero_count_drops_parameter_count_does_not(tiny_whisper):
 
 
 # ---------------------------------------------------------------------------------------------- experiment
-def sensitivity_records(model, seed: int = 0) -> list[dict]:
-    """Records in p3_sensitivity's schema for ``model``, with seeded random scores."""
-    g = torch.Generator().manual_seed(seed)
-    recs: dict = {}
-    for info in param_map(model):
-        if info.prunable:
-            r = recs.setdefault((info.component, info.layer), {"component": info.component, "layer": info.layer,
-                                                                "n_params": 0, "score_grad": 0.0, "score_fisher": 0.0})
-            r["n_params"] += info.numel
-            r["score_grad"] += float(torch.rand(1, generator=g)) * info.numel
-            r["score_fisher"] += float(torch.rand(1, generator=g)) * info.numel
-    return list(recs.values())
-
-
 def test_run_points_end_to_end_with_the_suite_decoder(tmp_path, offline_processor):
     from conftest import OFFLINE_DIMS, make_offline_rows
 
