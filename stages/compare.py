@@ -11,12 +11,11 @@ with the same extra training, or two methods at a matched budget.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from asrcompress.config import Spec, check_section, derive_seed, get, load_params
-from asrcompress.io import log, read_json, setup_logging, write_json
+from asrcompress.io import log, read_json, read_jsonl, setup_logging, write_json
 from asrcompress.measure.compare import compare_variants
 
 SCHEMA = {"variant": Spec(str), "baseline": Spec(str)}
@@ -27,8 +26,7 @@ def _measured(cfg: dict, name: str, dotted: str, metrics_dir: Path) -> tuple[dic
     if not any(name in (cfg.get(s) or {}) for s in MEASURED):
         raise ValueError(f"params.yaml: {dotted}: {name!r} is not a key of {', '.join(MEASURED)}")
     hyps_path = metrics_dir.parent / "hyps" / f"{name}.jsonl"
-    rows = [json.loads(line) for line in hyps_path.read_text().splitlines() if line.strip()]
-    return read_json(metrics_dir / f"{name}.json"), rows
+    return read_json(metrics_dir / f"{name}.json"), read_jsonl(hyps_path)
 
 
 def main(key: str, metrics_path: str) -> None:

@@ -11,12 +11,11 @@ whose metrics and hypotheses must exist (dvc.yaml lists them as deps).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from asrcompress.config import derive_seed, get, load_params
-from asrcompress.io import load_split, log, read_json, setup_logging, write_json, write_jsonl
+from asrcompress.io import load_split, log, read_json, read_jsonl, setup_logging, write_json, write_jsonl
 from asrcompress.measure.suite import measure_variant, validate_measure_params
 
 
@@ -33,8 +32,7 @@ def main(key: str, metrics_path: str, hyps_path: str) -> None:
         ref_section = "real_dense" if reference in (cfg.get("real_dense") or {}) else "dense"
         ref_dir = get(cfg, f"{ref_section}.{reference}.model", str)
         ref_metrics = read_json(Path(metrics_path).with_name(f"{reference}.json"))
-        ref_hyps = Path(hyps_path).with_name(f"{reference}.jsonl")
-        ref_rows = [json.loads(line) for line in ref_hyps.read_text().splitlines()]
+        ref_rows = read_jsonl(Path(hyps_path).with_name(f"{reference}.jsonl"))
         ref_errors, ref_lengths = [r["errors"] for r in ref_rows], [r["tokens"] for r in ref_rows]
     rows = load_split(f"data/corpora/{corpus}", "test")[: variant.get("test_utterances")]
     metrics, hyps = measure_variant(

@@ -60,3 +60,16 @@ def test_extra_normalizers_validated() -> None:
         validate_measure_params(cfg, "variants", "v")
     cfg["variants"]["v"]["extra_normalizers"] = ["whisper_basic"]
     validate_measure_params(cfg, "variants", "v")
+
+
+def test_read_jsonl_names_the_file_and_line(tmp_path) -> None:
+    from asrcompress.io import read_jsonl
+
+    path = tmp_path / "h.jsonl"
+    path.write_text('{"id": "a"}\n\n{"id": "b"}\n')
+    assert read_jsonl(path) == [{"id": "a"}, {"id": "b"}]
+    path.write_text('{"id": "a"}\n{"id": \n')
+    with pytest.raises(ValueError, match=r"h\.jsonl:2: not valid JSON"):
+        read_jsonl(path)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl: not found"):
+        read_jsonl(tmp_path / "missing.jsonl")

@@ -50,6 +50,23 @@ def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: list[st
         writer.writerows(rows)
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file (blank lines skipped); a missing file or a bad line names the file."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path}: not found (run its DVC stage first)") from exc
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{i}: not valid JSON ({exc})") from exc
+    return rows
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
