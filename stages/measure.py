@@ -2,9 +2,11 @@
 
     python stages/measure.py <variant-key> <metrics-json> <hyps-jsonl>
 
-The real track's entries (``real_dense*``) take ``real_measure`` over ``measure``. The variant's
+The real track's entries (``real_dense*``, ``real_variants``) take ``real_measure`` over ``measure``
+(and ``real_variants_measure`` over both for ``real_variants``). The variant's
 model directory, corpus, reference and real-scale architecture come from
-``dense.<key>``, ``real_dense.<key>``, ``real_dense_synth.<key>`` or ``variants.<key>`` in params.yaml (the corpus from
+``dense.<key>``, ``real_dense.<key>``, ``real_dense_synth.<key>``, ``variants.<key>`` or
+``real_variants.<key>`` in params.yaml (the corpus from
 ``corpora`` or ``real_corpora``); a variant's reference is a dense variant
 whose metrics and hypotheses must exist (dvc.yaml lists them as deps).
 """
@@ -16,20 +18,24 @@ from pathlib import Path
 
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, read_json, read_jsonl, setup_logging, write_json, write_jsonl
-from asrcompress.measure.suite import measure_variant, validate_measure_params
+from asrcompress.measure.suite import (
+    MEASURED_SECTIONS,
+    REFERENCE_SECTIONS,
+    measure_variant,
+    validate_measure_params,
+)
 
 
 def main(key: str, metrics_path: str, hyps_path: str) -> None:
     setup_logging()
     cfg = load_params()
-    section = next((s for s in ("dense", "real_dense", "real_dense_synth") if key in (cfg.get(s) or {})),
-                   "variants")
+    section = next((s for s in MEASURED_SECTIONS if key in (cfg.get(s) or {})), "variants")
     mcfg, variant, corpora = validate_measure_params(cfg, section, key)  # before any model or data
     corpus = variant["corpus"]
     reference = variant.get("reference")
     ref_dir = ref_metrics = ref_errors = ref_lengths = None
     if reference:
-        ref_section = "real_dense" if reference in (cfg.get("real_dense") or {}) else "dense"
+        ref_section = next(s for s in REFERENCE_SECTIONS if reference in (cfg.get(s) or {}))
         ref_dir = get(cfg, f"{ref_section}.{reference}.model", str)
         ref_metrics = read_json(Path(metrics_path).with_name(f"{reference}.json"))
         ref_rows = read_jsonl(Path(hyps_path).with_name(f"{reference}.jsonl"))

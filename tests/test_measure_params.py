@@ -10,7 +10,7 @@ from asrcompress.config import ParamError, Spec, check_section, load_params
 from asrcompress.measure.suite import MEASURE_SCHEMA, validate_measure_params
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASURE_SECTIONS = ("dense", "variants", "real_dense", "real_dense_synth")
+MEASURE_SECTIONS = ("dense", "variants", "real_dense", "real_dense_synth", "real_variants")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,22 @@ def test_real_track_merges_real_measure(cfg: dict[str, Any]) -> None:
     assert mcfg["latency_utterances"] == cfg["real_measure"]["latency_utterances"]
     assert mcfg["bootstrap_resamples"] == cfg["measure"]["bootstrap_resamples"]  # not overridden: kept
     assert "max_new_tokens" not in cfg["measure"] and mcfg["max_new_tokens"] == cfg["real_measure"]["max_new_tokens"]
+
+
+def test_real_variants_merge_real_measure_then_their_own(cfg: dict[str, Any]) -> None:
+    cfg["real_variants"] = {"x": {"model": "m", "corpus": "en_real", "reference": "base_en_real"},
+                            "y": {"model": "m", "corpus": "en", "reference": "base_en_synth", "test_utterances": 100}}
+    cfg["real_variants_measure"] = {"latency_repeats": 5, "fixed_repeats": 7}
+    mcfg, _, _ = validate_measure_params(cfg, "real_variants", "x")
+    assert (mcfg["latency_repeats"], mcfg["fixed_repeats"]) == (5, 7)
+    assert mcfg["latency_utterances"] == cfg["real_measure"]["latency_utterances"]
+    assert mcfg["max_new_tokens"] == cfg["real_measure"]["max_new_tokens"]
+    validate_measure_params(cfg, "real_variants", "y")  # a real_dense_synth reference is accepted
+    dense, _, _ = validate_measure_params(cfg, "real_dense", "base_en_real")  # dense real: not overridden
+    assert dense["latency_repeats"] == cfg["real_measure"]["latency_repeats"]
+    cfg["real_variants_measure"]["fixed_repeats"] = -1
+    with pytest.raises(ParamError, match=r"real_variants_measure\.fixed_repeats: must be >= 0"):
+        validate_measure_params(cfg, "real_variants", "x")
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

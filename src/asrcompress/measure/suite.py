@@ -65,7 +65,7 @@ MEASURE_SCHEMA: dict[str, Spec] = {
     # cap on generated tokens per utterance (null: the model's generation config, max_length)
     "max_new_tokens": Spec(int, required=False, min=1),
 }
-# one entry of `dense`, `real_dense`, `real_dense_synth` or `variants`
+# one entry of `dense`, `real_dense`, `real_dense_synth`, `variants` or `real_variants`
 VARIANT_SCHEMA: dict[str, Spec] = {
     "model": Spec(str), "corpus": Spec(str),
     "reference": Spec(str, required=False), "real_scale": Spec(str, required=False),
@@ -74,14 +74,16 @@ VARIANT_SCHEMA: dict[str, Spec] = {
     # further normalisers: ``wer_<name>_pct`` (+ CI, CER) beside the corpus normaliser's ``wer_pct``
     "extra_normalizers": Spec(list, required=False),
 }
-REFERENCE_SECTIONS = ("dense", "real_dense")
+REFERENCE_SECTIONS = ("dense", "real_dense", "real_dense_synth")
+MEASURED_SECTIONS = ("dense", "real_dense", "real_dense_synth", "variants", "real_variants")
 
 
 def validate_measure_params(cfg: Mapping[str, Any], section: str,
                             key: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Check everything ``measure@<key>`` reads from params before any model or data is loaded.
 
-    Returns (measure section, with ``real_measure`` merged over it for ``real_*`` sections;
+    Returns (measure section, with ``real_measure`` merged over it for ``real_*`` sections and then
+    ``real_variants_measure`` for ``real_variants``;
     the variant entry ``<section>.<key>``; the corpora section holding its corpus). Raises
     :class:`ParamError` naming the offending ``section.key``.
     """
@@ -90,8 +92,9 @@ def validate_measure_params(cfg: Mapping[str, Any], section: str,
     mcfg = check_section(get(cfg, "measure"), "measure", MEASURE_SCHEMA)
     if section.startswith("real_"):
         optional = {k: dataclasses.replace(v, required=False) for k, v in MEASURE_SCHEMA.items()}
-        mcfg.update({k: v for k, v in check_section(get(cfg, "real_measure"), "real_measure", optional).items()
-                     if v is not None})
+        overrides = ["real_measure"] + (["real_variants_measure"] if section == "real_variants" else [])
+        for name in overrides:
+            mcfg.update({k: v for k, v in check_section(get(cfg, name), name, optional).items() if v is not None})
     name = f"{section}.{key}"
     variant = check_section(get(cfg, name), name, VARIANT_SCHEMA)
     reference = variant.get("reference")

@@ -13,10 +13,13 @@ smoke-only past construction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import copy
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     GenerationConfig,
     WhisperConfig,
@@ -114,6 +117,43 @@ def check_window(processor: WhisperProcessor, model: WhisperForConditionalGenera
     if frames != 2 * model.config.max_source_positions:
         raise ValueError(f"feature extractor gives {frames} frames but the model expects "
                          f"2 x max_source_positions = {2 * model.config.max_source_positions}")
+
+
+@contextmanager
+def encoder_window(model: WhisperForConditionalGeneration, processor: WhisperProcessor,
+                   seconds: int | None) -> Iterator[WhisperProcessor]:
+    """Run the body with the encoder window cut to ``seconds`` (``None``: unchanged), then restore it.
+
+    Whisper's encoder positions are a fixed sinusoid table (``requires_grad`` off, never trained), so
+    cutting it to the first ``50 * seconds`` rows and putting the saved table back afterwards is exact:
+    a model fine-tuned inside the block is saved with its original window. Yields a processor whose
+    feature extractor pads to the cut window (``check_window`` holds inside the block). The cost of
+    the cut window is that the encoder never sees the padding of a 30 s window while training; a
+    control trained the same way measures that (README, the real track's papers).
+    """
+    encoder = model.get_encoder()
+    full = encoder.embed_positions
+    frames = 100 * int(seconds) if seconds is not None else 2 * model.config.max_source_positions
+    if frames // 2 > full.num_embeddings:
+        raise ValueError(f"encoder window {seconds} s is longer than the model's "
+                         f"{full.num_embeddings * 2 // 100} s")
+    if frames // 2 == full.num_embeddings:
+        yield processor
+        return
+    cut = torch.nn.Embedding(frames // 2, full.embedding_dim, device=full.weight.device, dtype=full.weight.dtype)
+    cut.weight.data.copy_(full.weight.data[: frames // 2])
+    cut.requires_grad_(False)
+    old_positions = model.config.max_source_positions
+    windowed = copy.deepcopy(processor)
+    windowed.feature_extractor = build_feature_extractor(int(seconds), processor.feature_extractor.feature_size)
+    encoder.embed_positions, encoder.max_source_positions = cut, frames // 2
+    model.config.max_source_positions = frames // 2
+    try:
+        check_window(windowed, model)
+        yield windowed
+    finally:
+        encoder.embed_positions, encoder.max_source_positions = full, old_positions
+        model.config.max_source_positions = old_positions
 
 
 REAL_PREFIX = "real:"
