@@ -6,9 +6,10 @@ the ratios derived from p3_sensitivity's scores (``p3.allocation``), the paper's
 scaled to the same sparsity, and global / uniform magnitude pruning at the same pruned-weight count.
 
     python stages/p3_prune.py <model-dir> <corpus-dir> <sensitivity-json> <sweep-csv> <sweep-json> <hyps-jsonl>
-        <plot-png> <metrics-json> [<params-section>]
+        <plot-png> <metrics-json> [<params-section> [<evaluate-key>]]
 
-``<params-section>`` (default ``p3``): ``p3_real`` runs it on the real Whisper base (pipelines/p3_real).
+``<params-section>`` (default ``p3``): ``p3_real`` runs it on the real Whisper base (pipelines/p3_real),
+once per ``p3_real.evaluate`` entry (``<evaluate-key>``: the corpus scored, and how many test utterances).
 
 ``p3.source`` (a hub id or path) replaces <model-dir> when set (paper profile: off-the-shelf whisper-small).
 """
@@ -42,7 +43,7 @@ def write_table(path: str, table: list[dict]) -> None:
 
 
 def main(model_dir: str, corpus_dir: str, sensitivity_path: str, csv_path: str, json_path: str, hyps_path: str,
-         png_path: str, metrics_path: str, section: str = "p3") -> None:
+         png_path: str, metrics_path: str, section: str = "p3", evaluate: str | None = None) -> None:
     setup_logging()
     cfg = load_params()
     alloc = get(cfg, f"{section}.allocation", dict)
@@ -50,7 +51,7 @@ def main(model_dir: str, corpus_dir: str, sensitivity_path: str, csv_path: str, 
                           min_ratio=get(alloc, "min_ratio", float), max_ratio=get(alloc, "max_ratio", float),
                           power=get(alloc, "power", float))
     targets = get(cfg, f"{section}.compare_sparsities", list)
-    data = p3_data(cfg, section, corpus_dir)
+    data = p3_data(cfg, section, corpus_dir, evaluate)
     language, normalizer, calib, rows = data.language, data.normalizer, data.calibration, data.evaluation
     torch.set_num_threads(get(cfg, f"{section}.num_threads", int))
     source = get(cfg, f"{section}.source", (str, type(None))) or model_dir
@@ -94,6 +95,6 @@ def main(model_dir: str, corpus_dir: str, sensitivity_path: str, csv_path: str, 
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (9, 10):
+    if len(sys.argv) not in (9, 10, 11):
         raise SystemExit(__doc__)
     main(*sys.argv[1:])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import OFFLINE_DIMS, make_offline_rows
 from transformers import WhisperProcessor
 
 from asrcompress.models.whisper import build_feature_extractor, build_model, check_window, encoder_window
 from asrcompress.train.collate import WhisperCollator
-from tests.conftest import OFFLINE_DIMS, make_offline_rows
 
 
 @pytest.fixture

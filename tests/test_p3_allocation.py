@@ -17,6 +17,7 @@ from asrcompress.compress.allocation import AllocationRule, allocate, allocation
 from asrcompress.compress.components import prunable_filter
 from asrcompress.compress.magnitude import count_pruned
 from asrcompress.compress.p3_oneshot import plan_points, point_masks, prunable_numel
+from asrcompress.config import ParamError
 from asrcompress.report.tables import compare_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,3 +260,17 @@ def test_p3_data_calibrates_on_another_corpus_and_evaluates_the_whole_test_split
     data = p3_data(cfg, "sec", "real")
     assert [r["id"] for r in data.calibration] == ["t0", "t1", "t2"]
     assert [r["id"] for r in data.evaluation] == ["t3", "t4", "t5"]
+    # p3r_prune@<key>: another corpus scored, cut to its test_utterances; the calibration is unchanged
+    cfg["sec"]["calibration_corpus"] = "syn"
+    cfg["corpora"] = {"s": {"whisper_language": "hi", "normalizer": "hindi"}}
+    cfg["sec"]["evaluate"] = {"r": {"test_utterances": None}, "s": {"test_utterances": 2}}
+    data = p3_data(cfg, "sec", "real", "s")
+    assert (data.language, data.normalizer) == ("hi", "hindi")
+    assert [r["id"] for r in data.evaluation] == ["t0", "t1"]
+    assert [r["id"] for r in data.calibration] == ["c0", "c1", "c2", "c3"]
+    assert len(p3_data(cfg, "sec", "real", "r").evaluation) == 6
+    with pytest.raises(ParamError, match=r"sec\.evaluate: no entry 'x'"):
+        p3_data(cfg, "sec", "real", "x")
+    cfg["sec"]["evaluate"]["s"]["test_utterances"] = 0
+    with pytest.raises(ParamError, match=r"sec\.evaluate\.s\.test_utterances: must be >= 1, got 0"):
+        p3_data(cfg, "sec", "real", "s")

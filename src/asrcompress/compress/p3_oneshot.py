@@ -292,25 +292,36 @@ class P3Data:
     calibration_from: str
 
 
-def p3_data(cfg: Mapping[str, Any], section: str, corpus_dir: str) -> P3Data:
+def p3_data(cfg: Mapping[str, Any], section: str, corpus_dir: str, evaluate: str | None = None) -> P3Data:
     """Language, normaliser, calibration rows and evaluation rows of ``section``.
 
-    The corpus is ``<section>.corpus`` (a key of ``corpora`` or ``real_corpora``) when set, else the corpus
-    of ``models.<section>.model``. Calibration: with ``<section>.calibration_corpus`` set, the first
-    ``max(n_grad, n_fisher)`` rows of that (synthetic) corpus's *train* split, and the whole test split of
-    ``corpus_dir`` is evaluated (the sensitivity never sees the test set); otherwise the paper code's
-    protocol, the first ``calibration_fraction`` of the test split, the rest evaluated."""
+    The corpus is ``evaluate`` when given (a key of ``<section>.evaluate``, whose ``test_utterances``
+    keeps the first N test rows, null = all), else ``<section>.corpus`` (a key of ``corpora`` or
+    ``real_corpora``) when set, else the corpus of ``models.<section>.model``. Calibration: with
+    ``<section>.calibration_corpus`` set, the first ``max(n_grad, n_fisher)`` rows of that (synthetic)
+    corpus's *train* split, and the test split of ``corpus_dir`` is evaluated (the sensitivity never
+    sees the test set); otherwise the paper code's protocol, the first ``calibration_fraction`` of the
+    test split, the rest evaluated."""
     from asrcompress.compress.sensitivity import calibration_split
-    from asrcompress.config import get
+    from asrcompress.config import ParamError, get
     from asrcompress.io import load_split
 
-    corpus = get(cfg, f"{section}.corpus", (str, type(None)), default=None) or \
+    limit = None
+    if evaluate is not None:
+        entries = get(cfg, f"{section}.evaluate", dict)
+        if evaluate not in entries:
+            raise ParamError(f"params.yaml: {section}.evaluate: no entry {evaluate!r} (has {sorted(entries)})")
+        limit = get(entries, f"{evaluate}.test_utterances", (int, type(None)), default=None) \
+            if entries[evaluate] else None
+        if limit is not None and limit < 1:
+            raise ParamError(f"params.yaml: {section}.evaluate.{evaluate}.test_utterances: must be >= 1, got {limit}")
+    corpus = evaluate or get(cfg, f"{section}.corpus", (str, type(None)), default=None) or \
         get(cfg, f"models.{get(cfg, f'{section}.model', str)}.corpus", str)
     corpora = next((c for c in ("corpora", "real_corpora") if corpus in (cfg.get(c) or {})), "corpora")
     language = get(cfg, f"{corpora}.{corpus}.whisper_language", str)
     normalizer = get(cfg, f"{corpora}.{corpus}.normalizer", str)
     calib_corpus = get(cfg, f"{section}.calibration_corpus", (str, type(None)), default=None)
-    test = load_split(corpus_dir, "test")
+    test = load_split(corpus_dir, "test")[:limit]
     if calib_corpus:
         n = max(get(cfg, f"{section}.n_grad", int), get(cfg, f"{section}.n_fisher", int))
         calib = load_split(f"data/corpora/{calib_corpus}", "train")[:n]
