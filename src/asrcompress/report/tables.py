@@ -13,6 +13,13 @@ Status of a row:
   our figure is still shown when there is one;
 * ``not run``: the metrics file or key is missing (the stage has not run in this checkout).
 
+The real column (``build_table(..., real=True)``, written by the real-track pipelines' table stages):
+a row's ``real: {metrics, key, ...}`` names the same figure measured on the real Whisper base (same
+keys as ``ours``, plus optional ``ci: [low, high]`` and ``p_worse: key`` shown in the note). It is
+judged by the row's own tolerance or check (a ``near_zero`` check reads the real metrics file);
+``comparable_in`` does not apply to it (it is about the smoke profile); ``real.reason`` marks a real
+figure shown but not judged (e.g. another model size than the paper's).
+
 A "no degradation" / "near 0" claim takes the check ``{near_zero: {ci_low: key, ci_high: key, p_worse: key,
 tolerance: pts, alpha: a}}`` (keys of the row's metrics file): it matches only when the paired test
 against the dense model shows no significant degradation (one-sided ``p_worse >= alpha``) AND the whole
@@ -31,7 +38,7 @@ from typing import Any
 import yaml
 
 COLUMNS = ["id", "setting", "quantity", "unit", "source", "reported", "ours", "profile", "diff",
-           "rel_diff_pct", "status", "note"]
+           "rel_diff_pct", "status", "note", "real", "real_status"]
 
 
 def load_reported(path: str | Path) -> dict[str, Any]:
@@ -184,21 +191,52 @@ def compare_row(row: Mapping[str, Any], ours: float | None, missing: str | None,
     return out
 
 
+def _row_figures(root: Path, row: Mapping[str, Any], ours: Mapping[str, Any] | None,
+                 profile: str) -> dict[str, Any]:
+    value, missing = _lookup(root, ours)
+    figures = None
+    if "near_zero" in row.get("check", {}) and value is not None:
+        figures = json.loads((root / ours["metrics"]).read_text())
+    return compare_row({**row, "ours": ours}, value, missing, profile, _ci(root, ours), figures)
+
+
+def _real_column(root: Path, row: Mapping[str, Any]) -> tuple[float | None, str, str]:
+    """(value, status, note) of a row's real-model figure (see the module docstring)."""
+    real = row["real"]
+    judged = {k: v for k, v in row.items() if k not in ("comparable_in", "note", "by_construction")}
+    out = _row_figures(root, judged, real, "real")
+    notes = [out["note"]] if out["note"] else []
+    data = json.loads((root / real["metrics"]).read_text()) if (root / real["metrics"]).is_file() else {}
+    ci, p = _ci(root, real), dig(data, real["p_worse"]) if "p_worse" in real else None
+    if out["ours"] is not None and (ci or p is not None):
+        notes.insert(0, f"{out['ours']:+.3g}" + (f" [{ci[0]:+.3g}, {ci[1]:+.3g}]" if ci else "")
+                     + (f", p(worse) = {float(p):.3g}" if p is not None else ""))
+    status = out["status"]
+    if "reason" in real and out["ours"] is not None:
+        status = f"shown, not judged: {real['reason']}"
+    return out["ours"], status, "; ".join(notes)
+
+
 def build_table(reported_yaml: str | Path, root: str | Path, profile: str,
-                only_metrics: str | None = None) -> tuple[dict[str, Any], list[dict]]:
+                only_metrics: str | None = None, real: bool = False) -> tuple[dict[str, Any], list[dict]]:
     """All rows of one paper's table; with ``only_metrics``, only the rows our figure of which comes
-    from that metrics file (e.g. paper 1's whisper-medium rows: ``reports/metrics/p1_medium.json``)."""
+    from that metrics file (e.g. paper 1's whisper-medium rows: ``reports/metrics/p1_medium.json``);
+    with ``real``, the real-model column too (rows with a ``real`` mapping)."""
     root = Path(root)
     data = load_reported(reported_yaml)
     rows = []
     for row in data["rows"]:
         if only_metrics is not None and (row.get("ours") or {}).get("metrics") != only_metrics:
             continue
-        ours, missing = _lookup(root, row.get("ours"))
-        figures = None
-        if "near_zero" in row.get("check", {}) and ours is not None:
-            figures = json.loads((root / row["ours"]["metrics"]).read_text())
-        rows.append(compare_row(row, ours, missing, profile, _ci(root, row.get("ours")), figures))
+        out = _row_figures(root, row, row.get("ours"), profile)
+        out.update(real=None, real_status="")
+        if real and row.get("real"):
+            out["real"], out["real_status"], note = _real_column(root, row)
+            if note:
+                out["note"] = "; ".join(n for n in (out["note"], f"real: {note}") if n)
+        elif real:
+            out["real_status"] = "no real figure"
+        rows.append(out)
     return data, rows
 
 
@@ -219,14 +257,22 @@ def write_table(data: Mapping[str, Any], rows: list[dict], md_path: str | Path, 
         writer.writeheader()
         writer.writerows(rows)
     counts: dict[str, int] = {}
+    real_counts: dict[str, int] = {}
     for r in rows:
         key = r["status"].split(":")[0].split(" (")[0]
         counts[key] = counts.get(key, 0) + 1
+        if r.get("real_status"):
+            key = r["real_status"].split(":")[0].split(" (")[0]
+            real_counts[key] = real_counts.get(key, 0) + 1
     shown = ["id", "setting", "quantity", "reported", "ours", "unit", "diff", "status"]
+    if any(r.get("real_status") for r in rows):  # a real-track table: the real Whisper base column
+        shown += ["real", "real_status"]
     lines = [f"# {data['paper']}: {data['title']}", "",
              f"arXiv {data.get('arxiv', '?')}. Reported figures from `reports/reported/{data['paper']}.yaml`; "
              f"ours from the metrics files named there (profile `{rows[0]['profile'] if rows else '?'}`).", "",
              "Status counts: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), "",
+             *([("Real Whisper base column, status counts: "
+                 + ", ".join(f"{k}: {v}" for k, v in sorted(real_counts.items()))), ""] if real_counts else []),
              "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r[c]) for c in shown) + " |")
