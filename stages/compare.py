@@ -41,9 +41,12 @@ def main(key: str, metrics_path: str, section: str = "comparisons") -> None:
                            derive_seed(get(cfg, "seed", int), "compare", key),
                            names=(entry["variant"], entry["baseline"]))
     write_json(metrics_path, {"comparison": key, **entry, **out})
+    def num(name: str) -> float:  # None (no paired figure) logs as nan; 0.0 stays 0
+        return float("nan") if out[name] is None else out[name]
+
     log.info("compare@%s: %s vs %s: WER %+.2f pts [%.2f, %.2f], p(worse) %.3g", key, entry["variant"],
-             entry["baseline"], out["wer_delta_abs"], out["wer_delta_ci_low_pct"] or float("nan"),
-             out["wer_delta_ci_high_pct"] or float("nan"), out["p_value_worse"] or float("nan"))
+             entry["baseline"], out["wer_delta_abs"], num("wer_delta_ci_low_pct"), num("wer_delta_ci_high_pct"),
+             num("p_value_worse"))
 
 
 if __name__ == "__main__":
