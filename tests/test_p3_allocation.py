@@ -249,8 +249,9 @@ def test_p3_data_calibrates_on_another_corpus_and_evaluates_the_whole_test_split
     (tmp_path / "data/corpora").mkdir(parents=True)
     DatasetDict({"train": Dataset.from_list(train_rows)}).save_to_disk(str(tmp_path / "data/corpora/syn"))
     monkeypatch.chdir(tmp_path)
+    base = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())["p3_real"]
     cfg = {"real_corpora": {"r": {"whisper_language": "en", "normalizer": "english"}},
-           "sec": {"corpus": "r", "calibration_corpus": "syn", "n_grad": 4, "n_fisher": 2,
+           "sec": {**base, "corpus": "r", "calibration_corpus": "syn", "n_grad": 4, "n_fisher": 2,
                    "calibration_fraction": 0.5}}
     data = p3_data(cfg, "sec", "real")
     assert (data.language, data.normalizer) == ("en", "english")
@@ -274,3 +275,36 @@ def test_p3_data_calibrates_on_another_corpus_and_evaluates_the_whole_test_split
     cfg["sec"]["evaluate"]["s"]["test_utterances"] = 0
     with pytest.raises(ParamError, match=r"sec\.evaluate\.s\.test_utterances: must be >= 1, got 0"):
         p3_data(cfg, "sec", "real", "s")
+
+
+@pytest.mark.parametrize("section", ["p3", "p3_real"])
+def test_the_committed_p3_sections_pass_their_schema(section):
+    from asrcompress.compress.p3_oneshot import check_p3_section
+
+    cfg = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    assert check_p3_section(cfg, section)["n_grad"] >= 1
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("n_gradd", 5, r"p3_real\.n_gradd: unknown key \(did you mean 'n_grad'\?\)"),
+    ("n_fisher", 0, r"p3_real\.n_fisher: must be >= 1, got 0"),
+    ("compare_sparsities", [0.4, 1.2], r"p3_real\.compare_sparsities\[1\]: must be a number in \(0, 1\)"),
+    ("dec_self_attn_sweep", [0.1, "half"], r"p3_real\.dec_self_attn_sweep\[1\]"),
+    ("ratios", {"enc_ffn": 0.5, "enc_fnn": 0.2}, r"p3_real\.ratios: unknown component\(s\) \['enc_fnn'\]"),
+    ("baselines", ["global", "random"], r"p3_real\.baselines\[1\]: 'random' is not one of"),
+    ("allocation", {"score": "hessian", "by_layer": True, "min_ratio": 0.0, "max_ratio": 0.8, "power": 1.0},
+     r"p3_real\.allocation\.score: 'hessian' is not one of"),
+    ("allocation", {"score": "fisher", "by_layer": True, "min_ratio": 0.5, "max_ratio": 0.2, "power": 1.0},
+     r"p3_real\.allocation: needs 0 <= min_ratio <= max_ratio <= 1"),
+    ("last_encoder", {"ratio": 0.5, "n_layer": 2, "components": []}, r"p3_real\.last_encoder\.n_layer: unknown key"),
+    ("device", "gpu", r"p3_real\.device: 'gpu' is not cpu, cuda or cuda:N"),
+    ("calibration_fraction", 1.0, r"p3_real\.calibration_fraction: must be < 1"),
+    ("batch_size", float("nan"), r"p3_real\.batch_size: must be int"),
+])
+def test_a_bad_p3_key_is_named_before_any_work(key, value, message):
+    from asrcompress.compress.p3_oneshot import p3_data
+
+    cfg = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    cfg["p3_real"][key] = value
+    with pytest.raises(ParamError, match=message):
+        p3_data(cfg, "p3_real", "/nonexistent/corpus")  # raises before reading any data

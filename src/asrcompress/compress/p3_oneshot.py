@@ -280,6 +280,63 @@ def headline_metrics(table: Sequence[Mapping[str, Any]], final_key: str = "sensi
     return out
 
 
+_FRACTION = (int, float)
+_DEVICE = r"cpu|cuda(:\d+)?"
+# every key of the `p3` / `p3_real` sections (p3_data checks the whole section before any work)
+P3_SCHEMA: dict[str, Any] = {
+    "model": (str, False), "source": (str, False), "corpus": (str, False), "evaluate": (dict, False),
+    "calibration_corpus": (str, False), "calibration_fraction": (float, True), "n_grad": (int, True),
+    "n_fisher": (int, True), "ratios": (dict, True), "per_layer": (dict, False), "dec_self_attn_sweep": (list, True),
+    "last_encoder": (dict, True), "compare_sparsities": (list, True), "allocation": (dict, True),
+    "baselines": (list, True), "batch_size": (int, True), "max_new_tokens": (int, False),
+    "bootstrap_resamples": (int, True), "num_threads": (int, True), "device": (str, True),
+}
+P3_BASELINES = ("global", "uniform")
+
+
+def check_p3_section(cfg: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """Validate the whole ``section`` (``p3`` or ``p3_real``): unknown, missing, mistyped and
+    out-of-range keys raise :class:`ParamError` naming ``section.key``, before any model is loaded."""
+    from asrcompress.compress.allocation import SCORES
+    from asrcompress.config import ParamError, Spec, check_section, get
+
+    positive = {"n_grad", "n_fisher", "batch_size", "max_new_tokens", "bootstrap_resamples", "num_threads"}
+    schema = {k: Spec(t, required=req, min=1 if k in positive else (0 if t is float else None),
+                      pattern=_DEVICE if k == "device" else None, what="cpu, cuda or cuda:N" if k == "device" else None)
+              for k, (t, req) in P3_SCHEMA.items()}
+    out = check_section(get(cfg, section), section, schema)
+    if out.get("model") is None and out.get("corpus") is None:
+        raise ParamError(f"params.yaml: {section}: needs 'model' (a models key) or 'corpus'")
+    if out["calibration_fraction"] >= 1:
+        raise ParamError(f"params.yaml: {section}.calibration_fraction: must be < 1, got {out['calibration_fraction']}")
+
+    def fractions(values: Any, name: str, low_open: bool = False) -> None:
+        for i, v in (values.items() if isinstance(values, Mapping) else enumerate(values)):
+            if isinstance(v, bool) or not isinstance(v, _FRACTION) or not (0 < v < 1 if low_open else 0 <= v <= 1):
+                raise ParamError(f"params.yaml: {section}.{name}[{i!r}]: must be a number in "
+                                 f"{'(0, 1)' if low_open else '[0, 1]'}, got {v!r}")
+
+    unknown = sorted(set(out["ratios"]) - set(COMPONENTS))
+    if unknown:
+        raise ParamError(f"params.yaml: {section}.ratios: unknown component(s) {unknown}; known: {list(COMPONENTS)}")
+    fractions(out["ratios"], "ratios")
+    fractions(out["dec_self_attn_sweep"], "dec_self_attn_sweep")
+    fractions(out["compare_sparsities"], "compare_sparsities", low_open=True)
+    for i, b in enumerate(out["baselines"]):
+        if b not in P3_BASELINES:
+            raise ParamError(f"params.yaml: {section}.baselines[{i}]: {b!r} is not one of {list(P3_BASELINES)}")
+    check_section(out["last_encoder"], f"{section}.last_encoder", {
+        "ratio": Spec(float, required=False, min=0), "n_layers": Spec(int, required=False, min=1),
+        "components": Spec(list)})
+    alloc = check_section(out["allocation"], f"{section}.allocation", {
+        "score": Spec(str, choices=SCORES), "by_layer": Spec(bool), "min_ratio": Spec(float, min=0),
+        "max_ratio": Spec(float, min=0), "power": Spec(float, min=0)})
+    if not alloc["min_ratio"] <= alloc["max_ratio"] <= 1:
+        raise ParamError(f"params.yaml: {section}.allocation: needs 0 <= min_ratio <= max_ratio <= 1, got "
+                         f"{alloc['min_ratio']} / {alloc['max_ratio']}")
+    return out
+
+
 @dataclass
 class P3Data:
     """What a paper 3 stage reads for its params section (``p3`` or ``p3_real``, see :func:`p3_data`)."""
@@ -306,6 +363,7 @@ def p3_data(cfg: Mapping[str, Any], section: str, corpus_dir: str, evaluate: str
     from asrcompress.config import ParamError, get
     from asrcompress.io import load_split
 
+    check_p3_section(cfg, section)
     limit = None
     if evaluate is not None:
         entries = get(cfg, f"{section}.evaluate", dict)
