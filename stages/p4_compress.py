@@ -32,6 +32,7 @@ from asrcompress.compress.checkpoint import save_compressed
 from asrcompress.compress.masks import sparse_storage_bytes, sparsity_report
 from asrcompress.compress.self_pinching import (
     GateConfig,
+    check_p4_section,
     compress_with_gates,
     overall_sparsity_trace,
     prunable_weight_filter,
@@ -47,6 +48,7 @@ from asrcompress.train.loop import TrainConfig, train
 def main(key: str, dense_dir: str, corpus_dir: str, out_dir: str, reports_dir: str, metrics_path: str) -> None:
     setup_logging()
     cfg = load_params()
+    check_p4_section(cfg)  # the whole section, before any work
     spec = get(cfg, f"p4.models.{key}", dict)
     tcfg = TrainConfig.from_params(get(cfg, "p4.compress_train", dict), get(cfg, "seed", int),
                                    name="p4.compress_train")

@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from asrcompress.compress.self_pinching import check_p4_section
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json
 from asrcompress.measure.params import count_params
@@ -23,6 +24,7 @@ from asrcompress.train.loop import TrainConfig, train
 def main(key: str, corpus_dir: str, out_dir: str, loss_csv: str, metrics_path: str) -> None:
     setup_logging()
     cfg = load_params()
+    check_p4_section(cfg)  # the whole section, before any work
     spec = get(cfg, f"p4.models.{key}", dict)
     kind, source = get(spec, "kind", str), get(spec, "source", str)
     dims = get(cfg, "p4.dims", dict)

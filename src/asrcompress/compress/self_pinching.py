@@ -444,3 +444,49 @@ def overall_sparsity_trace(traces: dict[str, list[dict[str, Any]]]) -> list[dict
             for k in ("soft_sparsity", "hard_sparsity"):
                 rec[f"{variant}_{k}"] = round(sum(r[k] * r["params"] for r in rs) / n, 6)
     return [by_step[s] for s in sorted(by_step)]
+
+
+# ------------------------------------------------------------------------------ the `p4` params section
+CTC_DIMS_SCHEMA_KEYS = {"hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+                        "intermediate_size": int, "num_conv_pos_embeddings": int,
+                        "num_conv_pos_embedding_groups": int, "dropout": float, "stable_layer_norm": bool,
+                        "spec_augment": bool, "conv_norm": str}
+
+
+def check_p4_section(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Validate the whole ``p4`` section before any work: unknown, missing, mistyped and out-of-range
+    keys (model entries, dims, both training sections, gates, structured gates) raise
+    :class:`~asrcompress.config.ParamError` naming ``p4.<key>``."""
+    from asrcompress.config import ParamError, Spec, check_section, get
+    from asrcompress.train.loop import TrainConfig
+
+    p4 = check_section(get(cfg, "p4"), "p4", {
+        "models": Spec(dict), "attn_implementation": Spec(str, choices=("eager", "sdpa")), "dims": Spec(dict),
+        "train": Spec(dict), "compress_train": Spec(dict), "gates": Spec(dict), "structured": Spec(dict),
+        "dense_control": Spec(bool)})
+    corpora = cfg.get("corpora") or {}
+    for key, entry in p4["models"].items():
+        e = check_section(entry, f"p4.models.{key}", {
+            "kind": Spec(str, choices=("wav2vec2", "hubert")), "source": Spec(str), "corpus": Spec(str),
+            "target_sparsity": Spec(float, required=False, min=0)})
+        if e["corpus"] not in corpora:
+            raise ParamError(f"params.yaml: p4.models.{key}.corpus: {e['corpus']!r} is not a key of corpora")
+        if e.get("target_sparsity") is not None and e["target_sparsity"] >= 1:
+            raise ParamError(f"params.yaml: p4.models.{key}.target_sparsity: must be < 1, got {e['target_sparsity']}")
+    check_section(p4["dims"], "p4.dims", {k: Spec(t, required=False, min=1 if t is int else (0 if t is float else None))
+                                          for k, t in CTC_DIMS_SCHEMA_KEYS.items()})
+    for name in ("train", "compress_train"):
+        TrainConfig.from_params(p4[name], 0, name=f"p4.{name}")
+    structured = check_section(p4["structured"], "p4.structured", {"enabled": Spec(bool), "gates": Spec(dict)})
+    known = set(GateConfig.__dataclass_fields__) - {"weight_lr"}
+    for where, gates in (("p4.gates", p4["gates"]), ("p4.structured.gates", structured["gates"])):
+        for k in gates:
+            if k not in known:
+                raise ParamError(f"params.yaml: {where}.{k}: unknown gate key; known: {sorted(known)}")
+    lr = float(p4["compress_train"]["lr"])
+    for where, gates in (("p4.gates", p4["gates"]), ("p4.structured.gates", {**p4["gates"], **structured["gates"]})):
+        try:
+            GateConfig.from_params(dict(gates), weight_lr=lr)
+        except (TypeError, ValueError) as exc:
+            raise ParamError(f"params.yaml: {where}: {exc}") from exc
+    return p4
