@@ -29,7 +29,8 @@ def test_p4_compress_saves_every_variant_and_scores_nothing(tmp_path: Path, monk
     p4["compress_train"].update(max_steps=2, batch_size=2, warmup_steps=0, checkpoint_every=2)
     p4["gates"]["log_every"] = 1
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"profile": "smoke", "seed": 1, "p4": p4}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"profile": "smoke", "seed": 1, "p4": p4,
+                                                          "corpora": params["corpora"]}))
     proc = build_processor(build_vocab(TEXTS))
     dims = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                 num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, spec_augment=False)
