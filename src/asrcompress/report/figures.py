@@ -19,6 +19,7 @@ Paper 3's stage figures are drawn here too (``plot_p3_sweeps``, ``plot_p3_sensit
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -45,6 +46,7 @@ class Point:
     wer_ci_low_pct: float | None = None
     wer_ci_high_pct: float | None = None
     source: str = ""
+    latency_ms_p50: float | None = None    # batch-1 latency per utterance, median (measure suite)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -59,7 +61,8 @@ def _suite_point(paper: str, name: str, m: dict[str, Any], source: str, referenc
     return Point(paper, name, m["params_m"], m["nonzero_params_m"], m["wer_pct"], is_reference=reference,
                  gflops_utterance=_f(m.get("gflops_utterance")), speedup=_f(m.get("speedup_vs_reference")),
                  real_speedup=_f(m.get("real_speedup_30s")), wer_ci_low_pct=_f(m.get("wer_ci_low_pct")),
-                 wer_ci_high_pct=_f(m.get("wer_ci_high_pct")), source=source)
+                 wer_ci_high_pct=_f(m.get("wer_ci_high_pct")), source=source,
+                 latency_ms_p50=_f(m.get("latency_ms_p50")))
 
 
 P1_VARIANTS = ("p1_dense_ft_hi", "sgl_pruned_hi", "p1_imp_hi")  # params.yaml `variants` keys of paper 1
@@ -131,6 +134,20 @@ def measured_variants(root: Path, keys: list[str], paper: str = "variants", pref
     return out
 
 
+def plot_real_variants(root: str | Path, panels: Mapping[str, str], prefix: str | Path) -> list[Path]:
+    """A real-track paper's compressed models (``panels``: ``real_variants`` key -> panel, e.g. its test
+    corpus), each with its dense reference: ``<prefix>_wer_vs_params.png`` and ``<prefix>_wer_vs_latency.png``."""
+    root = Path(root)
+    points: list[Point] = []
+    for key, panel in panels.items():
+        if _read(root / f"reports/metrics/{key}.json") is None:
+            raise FileNotFoundError(f"reports/metrics/{key}.json: not measured (run measure_real_variant@{key})")
+        points += [dataclasses.replace(p, paper=panel) for p in measured_variants(root, [key])
+                   if not any(q.source == p.source and q.paper == panel for q in points)]
+    return [path for what in ("params", "latency")
+            if (path := plot_wer_vs(points, what, f"{prefix}_wer_vs_{what}.png")) is not None]
+
+
 def collect_points(root: str | Path = ".", papers: list[str] | None = None,
                    variants: list[str] | None = None) -> list[Point]:
     """Every variant of the given papers (default all) that has metrics under ``root``, then the
@@ -179,11 +196,16 @@ def _scatter(ax, points: list[Point], x: Callable[[Point], float | None], xlabel
 
 
 def plot_wer_vs(points: list[Point], what: str, path: str | Path) -> Path | None:
-    """WER against ``what`` ('params': non-zero parameters; 'flops': GFLOPs per utterance), a panel per paper."""
+    """WER against ``what`` ('params': non-zero parameters; 'flops': GFLOPs per utterance; 'latency':
+    batch-1 latency per utterance), a panel per paper (or per ``Point.paper`` label)."""
     if what == "params":
         def x(p: Point) -> float:
             return p.nonzero_params_m
         xlabel = "non-zero parameters (M)"
+    elif what == "latency":
+        def x(p: Point) -> float | None:
+            return p.latency_ms_p50
+        xlabel = "batch-1 CPU latency per utterance, median (ms)"
     else:
         def x(p: Point) -> float | None:
             return p.gflops_utterance
