@@ -55,6 +55,14 @@ def test_real_variants_merge_real_measure_then_their_own(cfg: dict[str, Any]) ->
     validate_measure_params(cfg, "real_variants", "y")  # a real_dense_synth reference is accepted
     dense, _, _ = validate_measure_params(cfg, "real_dense", "base_en_real")  # dense real: not overridden
     assert dense["latency_repeats"] == cfg["real_measure"]["latency_repeats"]
+    cfg["real_variants"]["z"] = {"model": "m", "corpus": "en_real", "reference": "x"}  # a real control as reference
+    validate_measure_params(cfg, "real_variants", "z")
+    cfg["variants"]["sgl_pruned_hi"]["reference"] = "x"  # ... never for a smoke variant
+    with pytest.raises(ParamError, match=r"variants\.sgl_pruned_hi\.reference: 'x' is not a key of dense or real_dense"):
+        validate_measure_params(cfg, "variants", "sgl_pruned_hi")
+    cfg["real_variants"]["z"]["reference"] = "z"
+    with pytest.raises(ParamError, match=r"real_variants\.z\.reference: an entry cannot be its own reference"):
+        validate_measure_params(cfg, "real_variants", "z")
     cfg["real_variants_measure"]["fixed_repeats"] = -1
     with pytest.raises(ParamError, match=r"real_variants_measure\.fixed_repeats: must be >= 0"):
         validate_measure_params(cfg, "real_variants", "x")

@@ -74,7 +74,9 @@ VARIANT_SCHEMA: dict[str, Spec] = {
     # further normalisers: ``wer_<name>_pct`` (+ CI, CER) beside the corpus normaliser's ``wer_pct``
     "extra_normalizers": Spec(list, required=False),
 }
-REFERENCE_SECTIONS = ("dense", "real_dense", "real_dense_synth")
+# a reference is a dense model, or (real track) another real variant: a fine-tuned control, whose outputs
+# decode like the compressed model's, where the pre-trained model is no fair reference (paper 1 on Hindi)
+REFERENCE_SECTIONS = ("dense", "real_dense", "real_dense_synth", "real_variants")
 MEASURED_SECTIONS = ("dense", "real_dense", "real_dense_synth", "variants", "real_variants")
 
 
@@ -98,9 +100,11 @@ def validate_measure_params(cfg: Mapping[str, Any], section: str,
     name = f"{section}.{key}"
     variant = check_section(get(cfg, name), name, VARIANT_SCHEMA)
     reference = variant.get("reference")
-    if reference is not None and not any(reference in (cfg.get(s) or {}) for s in REFERENCE_SECTIONS):
-        raise ParamError(f"params.yaml: {name}.reference: {reference!r} is not a key of "
-                         f"{' or '.join(REFERENCE_SECTIONS)}")
+    allowed = REFERENCE_SECTIONS if section == "real_variants" else REFERENCE_SECTIONS[:-1]
+    if reference is not None and not any(reference in (cfg.get(s) or {}) for s in allowed):
+        raise ParamError(f"params.yaml: {name}.reference: {reference!r} is not a key of {' or '.join(allowed)}")
+    if reference == key:
+        raise ParamError(f"params.yaml: {name}.reference: an entry cannot be its own reference")
     real_scale = variant.get("real_scale")
     if real_scale is not None and real_scale not in REAL_ARCHS:
         raise ParamError(f"params.yaml: {name}.real_scale: {real_scale!r} is not one of {sorted(REAL_ARCHS)}")
