@@ -28,9 +28,38 @@ from asrcompress.compress.lowrank_embedding import (
     rank_error_sweep,
     rank_for_fraction,
 )
-from asrcompress.config import get
+from asrcompress.config import ParamError, get
+from asrcompress.models.whisper import encoder_window
 
 Batch = dict[str, torch.Tensor]
+REFERENCE_SECTIONS = ("dense", "real_dense", "real_dense_synth")  # where ``<section>.reference`` may point
+
+
+def reference_corpus(cfg: Mapping[str, Any], section: str) -> tuple[str, str]:
+    """(corpus key, Whisper language) of ``<section>.reference``: a ``dense`` entry (smoke) or a
+    ``real_dense`` / ``real_dense_synth`` entry (the real track); its corpus from ``corpora`` or
+    ``real_corpora``."""
+    ref = get(cfg, f"{section}.reference", str)
+    owner = next((s for s in REFERENCE_SECTIONS if ref in (cfg.get(s) or {})), None)
+    if owner is None:
+        raise ParamError(f"params.yaml: {section}.reference: {ref!r} is not a key of {', '.join(REFERENCE_SECTIONS)}")
+    corpus = get(cfg, f"{owner}.{ref}.corpus", str)
+    corpora = "corpora" if corpus in (cfg.get("corpora") or {}) else "real_corpora"
+    return corpus, get(cfg, f"{corpora}.{corpus}.whisper_language", str)
+
+
+def train_window(p2: Mapping[str, Any], section: str, model: torch.nn.Module) -> int | None:
+    """``<section>.train_window_s``: the encoder window (s) that calibration, dev losses and recovery
+    training (student and teacher) run on (``models.whisper.encoder_window``); absent or null = the
+    model's own. Must be an int from 1 to the model's window."""
+    seconds = p2.get("train_window_s")
+    if seconds is None:
+        return None
+    full = int(model.config.max_source_positions) * 2 // 100
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= full:
+        raise ParamError(f"params.yaml: {section}.train_window_s: must be an int from 1 to the model's "
+                         f"window ({full} s), got {seconds!r}")
+    return seconds
 
 
 def batches(rows: list[dict[str, Any]], collate: Any, size: int) -> list[Batch]:
@@ -78,28 +107,33 @@ def lowrank_step(model: torch.nn.Module, p2: Mapping[str, Any], calib: list[Batc
 
 
 def recover(model: torch.nn.Module, variant: str, spec: Mapping[str, Any], p2: Mapping[str, Any], seed: int,
-            rows: list[dict[str, Any]], collate: Any, teacher_dir: str, init_dir: str, loss_log: Path
-            ) -> dict[str, Any]:
+            rows: list[dict[str, Any]], collate: Any, teacher_dir: str, init_dir: str, loss_log: Path,
+            section: str = "p2", processor: Any = None, window_s: int | None = None) -> dict[str, Any]:
     """Recovery training with the shared loop (+ feature distillation when ``spec.distill``); the
-    variant's ``max_steps`` overrides ``p2.train.max_steps``, and 0 skips training."""
+    variant's ``max_steps`` overrides ``<section>.train.max_steps``, and 0 skips training. With
+    ``window_s`` the teacher runs on that cut encoder window too (the student's is the caller's to cut,
+    and ``processor`` is the full-window one)."""
     from asrcompress.train.loop import TrainConfig, train
 
-    section = {**get(p2, "train", dict), **({"max_steps": spec["max_steps"]} if "max_steps" in spec else {})}
-    if int(section["max_steps"]) == 0:
+    train_section = {**get(p2, "train", dict), **({"max_steps": spec["max_steps"]} if "max_steps" in spec else {})}
+    if int(train_section["max_steps"]) == 0:
         return {"train": {"steps": 0}}
-    tcfg = TrainConfig.from_params(section, seed, name="p2.train")
+    tcfg = TrainConfig.from_params(train_section, seed, name=f"{section}.train")
     out: dict[str, Any] = {}
     kd = None
-    if get(spec, "distill", bool):
-        d = get(p2, "distill", dict)
-        kd = FeatureDistillation(load_compressed(teacher_dir), model, d["layers"], get(d, "loss", str),
-                                 get(d, "weight", float))
-        out["distill"] = kd.describe()
     fingerprint = {"variant": variant, "spec": dict(spec), "init": init_dir,
                    "calib_utterances": p2["calib_utterances"], **{k: p2[k] for k in ("merge", "lowrank", "distill")}}
-    with kd if kd is not None else contextlib.nullcontext():
-        out["train"] = train(model, rows, collate, tcfg, ckpt_dir=f"checkpoints/p2/{variant}", loss_log=loss_log,
-                             fingerprint=fingerprint, extra_loss=kd, desc=f"p2_compress@{variant}")
+    with contextlib.ExitStack() as stack:
+        if get(spec, "distill", bool):
+            d = get(p2, "distill", dict)
+            teacher = load_compressed(teacher_dir)
+            stack.enter_context(encoder_window(teacher, processor, window_s))
+            kd = stack.enter_context(FeatureDistillation(teacher, model, d["layers"], get(d, "loss", str),
+                                                         get(d, "weight", float)))
+            out["distill"] = kd.describe()
+        out["train"] = train(model, rows, collate, tcfg, ckpt_dir=f"checkpoints/{section}/{variant}",
+                             loss_log=loss_log, fingerprint=fingerprint, extra_loss=kd,
+                             desc=f"p2_compress@{variant}")
     return out
 
 

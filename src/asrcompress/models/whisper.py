@@ -154,6 +154,13 @@ def encoder_window(model: WhisperForConditionalGeneration, processor: WhisperPro
     finally:
         encoder.embed_positions, encoder.max_source_positions = full, old_positions
         model.config.max_source_positions = old_positions
+        # a surgery inside the block snapshots the config as the model's base (compress/surgery.py): give that
+        # snapshot the restored window too, or the saved structure record would not match the saved positions
+        from asrcompress.compress.surgery import _BASE_CONFIG
+
+        base = getattr(model, _BASE_CONFIG, None)
+        if isinstance(base, dict) and base.get("max_source_positions") == frames // 2:
+            base["max_source_positions"] = old_positions
 
 
 REAL_PREFIX = "real:"
