@@ -163,6 +163,22 @@ def encoder_window(model: WhisperForConditionalGeneration, processor: WhisperPro
             base["max_source_positions"] = old_positions
 
 
+def check_train_window(section: Mapping[str, Any], name: str, model: WhisperForConditionalGeneration) -> int | None:
+    """``<name>.train_window_s`` of a params section: the encoder window (whole seconds) to train in
+    (:func:`encoder_window`), or ``None`` (absent or null: the model's own window). Raises
+    :class:`~asrcompress.config.ParamError` naming the key unless it is an int in [1, the model's window]."""
+    from asrcompress.config import ParamError
+
+    seconds = section.get("train_window_s")
+    if seconds is None:
+        return None
+    full = 2 * model.config.max_source_positions // 100
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= full:
+        raise ParamError(f"params.yaml: {name}.train_window_s: must be an integer number of seconds in "
+                         f"[1, {full}] (the model's window) or null, got {seconds!r}")
+    return seconds
+
+
 REAL_PREFIX = "real:"
 
 
