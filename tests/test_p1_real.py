@@ -89,23 +89,6 @@ def test_the_stage_refuses_a_window_longer_than_the_model_before_training(chain_
     assert not (chain_dir / "ft").exists() and not (chain_dir / "ft.csv").exists()
 
 
-def test_pipeline_entries_match_params():
-    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
-    stages = yaml.safe_load((ROOT / "pipelines/p1_real/dvc.yaml").read_text())["stages"]
-    measured = stages["measure_real_variant"]["foreach"]
-    assert set(measured) == {k for k in cfg["real_variants"] if k.startswith("p1r_")}
-    for key, item in measured.items():
-        entry = cfg["real_variants"][key]
-        assert (item["model"], item["corpus"], item["reference"]) == (entry["model"], entry["corpus"], entry["reference"])
-        assert item["corpus"] in cfg[item["corpora"]], key
-        assert entry["reference"] in {**cfg["real_dense"], **cfg["real_dense_synth"]}, key
-    compared = stages["compare_real"]["foreach"]
-    assert compared == {k: v for k, v in cfg["real_comparisons"].items() if k.startswith("p1r_")}
-    for name, stage in stages.items():
-        if name.startswith("p1r_"):
-            assert stage["cmd"].rstrip().endswith("p1_real"), name
-
-
 def test_without_the_argument_the_stage_reads_p1_and_records_no_window(chain_dir):
     _params(chain_dir, 1)
     cfg = yaml.safe_load((chain_dir / "params.yaml").read_text())

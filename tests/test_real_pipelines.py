@@ -1,0 +1,65 @@
+"""The real-track pipelines (pipelines/*_real/dvc.yaml) agree with params.yaml: every `real_variants` entry is
+measured by exactly one stage with the entry's model, corpus and reference (and depends on the reference's
+model and metrics), every `real_comparisons` entry is compared by exactly one stage."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("dense", "real_dense", "real_dense_synth", "real_variants")
+
+
+def _stages() -> list[tuple[str, str, dict]]:
+    out = []
+    for path in sorted(ROOT.glob("pipelines/*_real/dvc.yaml")):
+        for name, stage in yaml.safe_load(path.read_text())["stages"].items():
+            out.append((path.parent.name, name, stage))
+    return out
+
+
+def test_every_real_variant_is_measured_once_as_params_say() -> None:
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    seen: dict[str, str] = {}
+    for pipeline, name, stage in _stages():
+        if "stages/measure.py" not in stage.get("do", stage).get("cmd", ""):
+            continue
+        deps = stage["do"]["deps"]
+        for key, item in stage["foreach"].items():
+            assert key not in seen, f"{key} measured by {seen[key]} and {pipeline}:{name}"
+            seen[key] = f"{pipeline}:{name}"
+            entry = cfg["real_variants"][key]
+            assert (item["model"], item["corpus"]) == (entry["model"], entry["corpus"]), key
+            assert item["corpus"] in cfg[item["corpora"]], key
+            assert item.get("reference") == entry.get("reference"), key
+            if entry.get("reference"):
+                ref = entry["reference"]
+                section = next(s for s in SECTIONS if ref in (cfg.get(s) or {}))
+                assert "reports/metrics/${item.reference}.json" in deps, key
+                assert cfg[section][ref]["model"] in deps, f"{key}: the reference model is no dependency"
+            else:
+                assert not any("${item.reference}" in d for d in deps), key
+    assert set(seen) == set(cfg["real_variants"])
+
+
+def test_every_real_comparison_is_run_once_as_params_say() -> None:
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    seen: dict[str, dict] = {}
+    for _, _, stage in _stages():
+        if "stages/compare.py" in stage.get("do", stage).get("cmd", ""):
+            assert "real_comparisons" in stage["do"]["cmd"]
+            for key, item in stage["foreach"].items():
+                assert key not in seen
+                seen[key] = item
+    assert seen == cfg["real_comparisons"]
+
+
+def test_paper_stages_of_a_real_pipeline_read_its_section() -> None:
+    for pipeline, name, stage in _stages():
+        cmd = " ".join(str(stage.get("do", stage).get("cmd", "")).split())
+        if re.search(r"stages/p\d_\w+\.py", cmd):
+            assert re.search(rf" {pipeline}( \$\{{key\}})?$", cmd), f"{pipeline}:{name}: {cmd[-40:]}"
+
