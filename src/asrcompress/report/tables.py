@@ -203,7 +203,7 @@ def _row_figures(root: Path, row: Mapping[str, Any], ours: Mapping[str, Any] | N
 def _real_column(root: Path, row: Mapping[str, Any]) -> tuple[float | None, str, str]:
     """(value, status, note) of a row's real-model figure (see the module docstring)."""
     real = row["real"]
-    judged = {k: v for k, v in row.items() if k not in ("comparable_in", "note", "by_construction")}
+    judged = {k: v for k, v in row.items() if k not in ("comparable_in", "note")}
     out = _row_figures(root, judged, real, "real")
     notes = [out["note"]] if out["note"] else []
     data = json.loads((root / real["metrics"]).read_text()) if (root / real["metrics"]).is_file() else {}
