@@ -14,7 +14,7 @@ REPORTED = {
     "paper": "px", "title": "T",
     "rows": [
         {"id": "gain", "source": "abstract", "setting": {"m": "small"}, "quantity": "WER change", "kind": "relative",
-         "reported": -2.38, "tolerance": 1.0,
+         "reported": -2.38, "tolerance": 1.0, "unit": "pts",
          "ours": {"metrics": "smoke.json", "key": "d"},
          "real": {"metrics": "real.json", "key": "d", "ci": ["lo", "hi"], "p_worse": "p"}},
         {"id": "near0", "source": "abstract", "setting": {"m": "small"}, "quantity": "WER change", "kind": "qualitative",
@@ -25,6 +25,9 @@ REPORTED = {
          "reported": 11.6, "tolerance": 1.0, "comparable_in": ["paper"], "reason": "synthetic",
          "ours": {"metrics": "smoke.json", "key": "w"},
          "real": {"metrics": "real.json", "key": "w", "reason": "another model size"}},
+        {"id": "speed", "source": "abstract", "setting": {"m": "small"}, "quantity": "speed-up", "kind": "relative",
+         "reported": 2.15, "tolerance": 0.3, "unit": "x", "ours": {"metrics": "smoke.json", "key": "w"},
+         "real": {"metrics": "real.json", "key": "s", "ci": ["s_lo", "s_hi"]}},
         {"id": "no_real", "source": "abstract", "setting": {"m": "small"}, "quantity": "x", "kind": "absolute",
          "reported": 1.0, "ours": {"metrics": "smoke.json", "key": "w"}},
     ],
@@ -39,12 +42,14 @@ def _tree(tmp_path: Path, real: dict) -> Path:
 
 
 def test_real_column_is_judged_by_the_rows_own_rule(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {"d": 1.58, "lo": 0.42, "hi": 2.75, "p": 0.005, "w": 11.41})
+    root = _tree(tmp_path, {"d": 1.58, "lo": 0.42, "hi": 2.75, "p": 0.005, "w": 11.41, "s": 1.255, "s_lo": 1.222,
+                            "s_hi": 1.278})
     _, rows = build_table(root / "px.yaml", root, "smoke", real=True)
     by_id = {r["id"]: r for r in rows}
     assert (by_id["gain"]["status"], by_id["gain"]["real"], by_id["gain"]["real_status"]) == ("matches", 1.58, "differs")
     assert "real: +1.58 [+0.42, +2.75], p(worse) = 0.005" in by_id["gain"]["note"]
     assert by_id["near0"]["real_status"] == "differs"  # significant degradation on the real model
+    assert "real: 1.25 [1.22, 1.28]" in by_id["speed"]["note"] and by_id["speed"]["real_status"] == "differs"
     assert by_id["dense"]["status"].startswith("not comparable in smoke")  # the smoke column keeps its rule
     assert by_id["dense"]["real_status"] == "shown, not judged: another model size"
     assert by_id["no_real"]["real_status"] == "no real figure" and by_id["no_real"]["real"] is None

@@ -209,7 +209,8 @@ def _real_column(root: Path, row: Mapping[str, Any]) -> tuple[float | None, str,
     data = json.loads((root / real["metrics"]).read_text()) if (root / real["metrics"]).is_file() else {}
     ci, p = _ci(root, real), dig(data, real["p_worse"]) if "p_worse" in real else None
     if out["ours"] is not None and (ci or p is not None):
-        notes.insert(0, f"{out['ours']:+.3g}" + (f" [{ci[0]:+.3g}, {ci[1]:+.3g}]" if ci else "")
+        fmt = "+.3g" if row.get("unit") == "pts" else ".3g"  # a change carries its sign, a ratio does not
+        notes.insert(0, f"{out['ours']:{fmt}}" + (f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else "")
                      + (f", p(worse) = {float(p):.3g}" if p is not None else ""))
     status = out["status"]
     if "reason" in real and out["ours"] is not None:
