@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import textwrap
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -221,8 +222,8 @@ def plot_wer_vs(points: list[Point], what: str, path: str | Path) -> Path | None
         _scatter(ax, [p for p in points if p.paper == paper], x, xlabel, paper)
     for ax in list(axes.flat)[len(papers):]:
         ax.axis("off")
-    fig.suptitle(f"WER vs {xlabel} (star: reference; hollow: weights zeroed only, not removed; bars: 95 % CI)",
-                 fontsize=9)
+    title = f"WER vs {xlabel} (star: reference; hollow: weights zeroed only, not removed; bars: 95 % CI)"
+    fig.suptitle(textwrap.fill(title, width=70 * ncols), fontsize=9)  # one narrow panel: two lines
     return _save(fig, path)
 
 
