@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import textwrap
 import json
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
