@@ -32,7 +32,7 @@ from asrcompress.compress.checkpoint import load_compressed, save_compressed
 from asrcompress.compress.surgery import num_parameters
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_csv, write_json
-from asrcompress.models.whisper import encoder_window
+from asrcompress.models.whisper import check_train_window, encoder_window
 from asrcompress.train.collate import WhisperCollator
 
 
@@ -48,7 +48,7 @@ def main(variant: str, init_dir: str, teacher_dir: str, corpus_dir: str, out_dir
     diag = Path(diag_dir)
     processor = WhisperProcessor.from_pretrained(teacher_dir)
     model = load_compressed(init_dir)
-    window = bw.train_window(p2, section, model)
+    window = check_train_window(p2, section, model)
     with encoder_window(model, processor, window) as proc:
         record = compress(model, variant, spec, p2, section, seed, proc, language, init_dir, teacher_dir,
                           corpus_dir, diag, processor, window)

@@ -14,7 +14,7 @@ from transformers import WhisperProcessor
 from asrcompress.compress import baldwhisper as bw
 from asrcompress.compress.checkpoint import load_compressed
 from asrcompress.config import ParamError
-from asrcompress.models.whisper import build_feature_extractor, build_model
+from asrcompress.models.whisper import build_feature_extractor, build_model, check_train_window
 
 TRAIN = {"max_steps": 2, "batch_size": 2, "lr": 0.001, "warmup_steps": 0, "checkpoint_every": 2, "num_threads": 1}
 SECTION = {"reference": "base_en_synth", "calib_utterances": 4, "dev_utterances": 2, "batch_size": 2,
@@ -70,10 +70,10 @@ def test_p2_compress_reads_the_given_section_and_saves_the_full_window(project):
 @pytest.mark.parametrize("bad", [0, 2, "1", True, 1.5])
 def test_train_window_must_be_an_int_within_the_model_window(bad):
     model = make_tiny_whisper()  # 50 positions: a 1 s window
-    with pytest.raises(ParamError, match=r"p2_real\.train_window_s: must be an int from 1 to the model's window \(1 s\)"):
-        bw.train_window({"train_window_s": bad}, "p2_real", model)
-    assert bw.train_window({"train_window_s": 1}, "p2_real", model) == 1
-    assert bw.train_window({}, "p2", model) is None and bw.train_window({"train_window_s": None}, "p2", model) is None
+    with pytest.raises(ParamError, match=r"p2_real\.train_window_s: must be an integer number of seconds in \[1, 1\]"):
+        check_train_window({"train_window_s": bad}, "p2_real", model)
+    assert check_train_window({"train_window_s": 1}, "p2_real", model) == 1
+    assert check_train_window({}, "p2", model) is None and check_train_window({"train_window_s": None}, "p2", model) is None
 
 
 def test_reference_corpus_looks_in_dense_and_the_real_references():

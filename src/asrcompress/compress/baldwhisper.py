@@ -48,20 +48,6 @@ def reference_corpus(cfg: Mapping[str, Any], section: str) -> tuple[str, str]:
     return corpus, get(cfg, f"{corpora}.{corpus}.whisper_language", str)
 
 
-def train_window(p2: Mapping[str, Any], section: str, model: torch.nn.Module) -> int | None:
-    """``<section>.train_window_s``: the encoder window (s) that calibration, dev losses and recovery
-    training (student and teacher) run on (``models.whisper.encoder_window``); absent or null = the
-    model's own. Must be an int from 1 to the model's window."""
-    seconds = p2.get("train_window_s")
-    if seconds is None:
-        return None
-    full = int(model.config.max_source_positions) * 2 // 100
-    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= full:
-        raise ParamError(f"params.yaml: {section}.train_window_s: must be an int from 1 to the model's "
-                         f"window ({full} s), got {seconds!r}")
-    return seconds
-
-
 def batches(rows: list[dict[str, Any]], collate: Any, size: int) -> list[Batch]:
     """``rows`` collated in consecutive batches of ``size``."""
     return [collate(rows[i:i + size]) for i in range(0, len(rows), size)]
