@@ -176,6 +176,10 @@ def check_section(section: Any, name: str, schema: Mapping[str, Spec]) -> dict[s
     return out
 
 
+# the params sections holding dense (uncompressed) models: a reference of a compressed model or of a recipe
+DENSE_SECTIONS: tuple[str, ...] = ("dense", "real_dense", "real_dense_synth")
+
+
 # ------------------------------------------------------------------------------ section schemas
 # The sections the shared (non-paper) stages read, checked before any work with errors naming
 # ``section.key``. Training sections: ``asrcompress.train.loop.TRAIN_SCHEMA`` (``TrainConfig.from_params``);

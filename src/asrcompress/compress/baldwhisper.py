@@ -28,11 +28,10 @@ from asrcompress.compress.lowrank_embedding import (
     rank_error_sweep,
     rank_for_fraction,
 )
-from asrcompress.config import ParamError, get
+from asrcompress.config import DENSE_SECTIONS, ParamError, get
 from asrcompress.models.whisper import encoder_window
 
 Batch = dict[str, torch.Tensor]
-REFERENCE_SECTIONS = ("dense", "real_dense", "real_dense_synth")  # where ``<section>.reference`` may point
 
 
 def reference_corpus(cfg: Mapping[str, Any], section: str) -> tuple[str, str]:
@@ -40,9 +39,9 @@ def reference_corpus(cfg: Mapping[str, Any], section: str) -> tuple[str, str]:
     ``real_dense`` / ``real_dense_synth`` entry (the real track); its corpus from ``corpora`` or
     ``real_corpora``."""
     ref = get(cfg, f"{section}.reference", str)
-    owner = next((s for s in REFERENCE_SECTIONS if ref in (cfg.get(s) or {})), None)
+    owner = next((s for s in DENSE_SECTIONS if ref in (cfg.get(s) or {})), None)
     if owner is None:
-        raise ParamError(f"params.yaml: {section}.reference: {ref!r} is not a key of {', '.join(REFERENCE_SECTIONS)}")
+        raise ParamError(f"params.yaml: {section}.reference: {ref!r} is not a key of {', '.join(DENSE_SECTIONS)}")
     corpus = get(cfg, f"{owner}.{ref}.corpus", str)
     corpora = "corpora" if corpus in (cfg.get("corpora") or {}) else "real_corpora"
     return corpus, get(cfg, f"{corpora}.{corpus}.whisper_language", str)

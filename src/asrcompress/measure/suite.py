@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from asrcompress.compress.checkpoint import load_compressed, read_compression_record
-from asrcompress.config import ParamError, Spec, check_section, get
+from asrcompress.config import DENSE_SECTIONS, ParamError, Spec, check_section, get
 from asrcompress.inference import CTC_MODEL_TYPES, prompt_kwargs, transcribe
 from asrcompress.measure import latency, memory
 from asrcompress.measure.flops import ctc_flops, flops_metrics
@@ -76,7 +76,7 @@ VARIANT_SCHEMA: dict[str, Spec] = {
 }
 # a reference is a dense model, or (real track) another real variant: a fine-tuned control, whose outputs
 # decode like the compressed model's, where the pre-trained model is no fair reference (paper 1 on Hindi)
-REFERENCE_SECTIONS = ("dense", "real_dense", "real_dense_synth", "real_variants")
+REFERENCE_SECTIONS = (*DENSE_SECTIONS, "real_variants")
 MEASURED_SECTIONS = ("dense", "real_dense", "real_dense_synth", "variants", "real_variants")
 
 
@@ -100,7 +100,7 @@ def validate_measure_params(cfg: Mapping[str, Any], section: str,
     name = f"{section}.{key}"
     variant = check_section(get(cfg, name), name, VARIANT_SCHEMA)
     reference = variant.get("reference")
-    allowed = REFERENCE_SECTIONS if section == "real_variants" else REFERENCE_SECTIONS[:-1]
+    allowed = REFERENCE_SECTIONS if section == "real_variants" else DENSE_SECTIONS
     if reference is not None and not any(reference in (cfg.get(s) or {}) for s in allowed):
         raise ParamError(f"params.yaml: {name}.reference: {reference!r} is not a key of {' or '.join(allowed)}")
     if reference == key:
