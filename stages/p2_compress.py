@@ -32,7 +32,7 @@ from asrcompress.compress.checkpoint import load_compressed, save_compressed
 from asrcompress.compress.surgery import num_parameters
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_csv, write_json
-from asrcompress.models.whisper import check_train_window, encoder_window
+from asrcompress.models.whisper import check_train_window, encoder_window, rows_in_window
 from asrcompress.train.collate import WhisperCollator
 
 
@@ -69,14 +69,20 @@ def compress(model: torch.nn.Module, variant: str, spec: dict[str, Any], p2: dic
              diag: Path, full_processor: WhisperProcessor, window: int | None) -> dict[str, Any]:
     """The recipe's steps on ``model`` (inside its training window; ``proc`` pads to it): the record."""
     collate = WhisperCollator(proc, language, max_target_positions=model.config.max_target_positions)
-    train_rows = load_split(corpus_dir, "train")
+    train_rows, dropped = rows_in_window(load_split(corpus_dir, "train"), window)
+    dev_rows, dev_dropped = rows_in_window(load_split(corpus_dir, "dev"), window)
+    if dropped or dev_dropped:
+        log.warning("p2_compress@%s: %d train / %d dev utterances longer than the %s s training window left out",
+                    variant, len(dropped), len(dev_dropped), window)
     rng = np.random.default_rng(derive_seed(seed, section, "calibration"))
     calib_idx = rng.choice(len(train_rows), size=min(get(p2, "calib_utterances", int), len(train_rows)), replace=False)
     size = get(p2, "batch_size", int)
     calib = bw.batches([train_rows[int(i)] for i in calib_idx], collate, size)
-    dev = bw.batches(load_split(corpus_dir, "dev")[:get(p2, "dev_utterances", int)], collate, size)
+    dev = bw.batches(dev_rows[:get(p2, "dev_utterances", int)], collate, size)
     record: dict[str, Any] = {"variant": variant, "init": init_dir, "params_init": num_parameters(model),
-                              "dev_loss_init": bw.dev_loss(model, dev), **({"train_window_s": window} if window else {})}
+                              "dev_loss_init": bw.dev_loss(model, dev), **({"train_window_s": window} if window else {}),
+                              "train_utterances": len(train_rows), "train_left_out_window": len(dropped),
+                              "dev_left_out_window": len(dev_dropped)}
     if get(spec, "merge", bool):
         record["merge"], similarity = bw.merge_step(model, p2, calib)
         write_csv(diag / "similarity.csv", similarity)

@@ -88,3 +88,32 @@ def test_reference_corpus_looks_in_dense_and_the_real_references():
     assert bw.reference_corpus(cfg, "b") == ("en", "en")
     with pytest.raises(ParamError, match=r"c\.reference: 'nope' is not a key of dense, real_dense"):
         bw.reference_corpus(cfg, "c")
+
+
+def test_p2_compress_leaves_out_clips_longer_than_the_window_and_takes_the_variant_lr(project, monkeypatch):
+    """Clips longer than the 1 s training window are left out of training and of the dev loss (counted in
+    compress.json), not cut; a variant's own `lr` and `max_steps` override the section's `train`."""
+    from datasets import Dataset, DatasetDict
+
+    from asrcompress.models.whisper import rows_in_window
+
+    rows = make_offline_rows(6)
+    for row in rows[:2]:  # 1.5 s: inside the model's 2 s window, outside the 1 s training window
+        row["audio"]["array"] = row["audio"]["array"][:8000].repeat(3)
+    kept, dropped = rows_in_window(rows, 1)
+    assert [r["id"] for r in kept] == [r["id"] for r in rows[2:]] and dropped == [r["id"] for r in rows[:2]]
+    assert rows_in_window(rows, None) == (rows, [])
+    listed = [{**r, "audio": {"array": r["audio"]["array"].tolist(), "sampling_rate": 16000}} for r in rows]
+    DatasetDict({"train": Dataset.from_list(listed), "dev": Dataset.from_list(listed[:3])}).save_to_disk(
+        str(project / "corpus2"))
+    cfg = yaml.safe_load((project / "params.yaml").read_text())
+    cfg["p2_real"]["variants"]["ft"] = {"init": "dense", "merge": False, "lowrank": False, "distill": False,
+                                        "max_steps": 3, "lr": 1e-9}
+    (project / "params.yaml").write_text(yaml.safe_dump(cfg))
+    load_stage("p2_compress").main("ft", "dense", "dense", "corpus2", "out", "diag", "p2_real")
+    record = json.loads((project / "diag/compress.json").read_text())
+    assert (record["train_utterances"], record["train_left_out_window"], record["dev_left_out_window"]) == (4, 2, 2)
+    assert record["train"]["steps"] == 3
+    dense, trained = load_compressed(project / "dense"), load_compressed(project / "out")
+    moved = max((a - b).abs().max().item() for a, b in zip(dense.state_dict().values(), trained.state_dict().values(), strict=True))
+    assert 0 < moved < 1e-6  # lr 1e-9, not the section's 1e-3 (whose Adam steps move weights by ~1e-3)

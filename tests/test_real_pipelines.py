@@ -58,8 +58,17 @@ def test_every_real_comparison_is_run_once_as_params_say() -> None:
 
 
 def test_paper_stages_of_a_real_pipeline_read_its_section() -> None:
+    """A paper stage of pipelines/<p>_real reads `<p>_real` or a `<p>_real_<suffix>` section (p2_real_yo), which
+    exists, and lists only that section's keys among its params."""
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
     for pipeline, name, stage in _stages():
-        cmd = " ".join(str(stage.get("do", stage).get("cmd", "")).split())
+        body = stage.get("do", stage)
+        cmd = " ".join(str(body.get("cmd", "")).split())
         if re.search(r"stages/p\d_\w+\.py", cmd):
-            assert re.search(rf" {pipeline}( \$\{{key\}})?$", cmd), f"{pipeline}:{name}: {cmd[-40:]}"
+            found = re.search(rf" ({pipeline}(_[a-z]+)?)( \$\{{key\}})?$", cmd)
+            assert found, f"{pipeline}:{name}: {cmd[-40:]}"
+            section = found.group(1)
+            assert section in cfg, f"{pipeline}:{name}: no params section {section}"
+            paper_params = [p for p in body.get("params", []) if re.match(r"p\d_real", str(p))]
+            assert paper_params and all(str(p).split(".")[0] == section for p in paper_params), (name, paper_params)
 

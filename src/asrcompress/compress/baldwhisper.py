@@ -95,12 +95,12 @@ def recover(model: torch.nn.Module, variant: str, spec: Mapping[str, Any], p2: M
             rows: list[dict[str, Any]], collate: Any, teacher_dir: str, init_dir: str, loss_log: Path,
             section: str = "p2", processor: Any = None, window_s: int | None = None) -> dict[str, Any]:
     """Recovery training with the shared loop (+ feature distillation when ``spec.distill``); the
-    variant's ``max_steps`` overrides ``<section>.train.max_steps``, and 0 skips training. With
+    variant's ``max_steps`` and ``lr`` override ``<section>.train``'s, and ``max_steps: 0`` skips training. With
     ``window_s`` the teacher runs on that cut encoder window too (the student's is the caller's to cut,
     and ``processor`` is the full-window one)."""
     from asrcompress.train.loop import TrainConfig, train
 
-    train_section = {**get(p2, "train", dict), **({"max_steps": spec["max_steps"]} if "max_steps" in spec else {})}
+    train_section = {**get(p2, "train", dict), **{k: spec[k] for k in ("max_steps", "lr") if k in spec}}
     if int(train_section["max_steps"]) == 0:
         return {"train": {"steps": 0}}
     tcfg = TrainConfig.from_params(train_section, seed, name=f"{section}.train")

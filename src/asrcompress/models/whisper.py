@@ -179,6 +179,21 @@ def check_train_window(section: Mapping[str, Any], name: str, model: WhisperForC
     return seconds
 
 
+def rows_in_window(rows: list[dict[str, Any]], seconds: int | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The corpus rows whose audio fits an encoder window of ``seconds`` (``None``: all rows), and the ids
+    of those that do not. Training in a cut window (:func:`encoder_window`) drops the longer utterances
+    rather than truncating them (a clipped clip no longer matches its transcript); callers log and record
+    the dropped count."""
+    if seconds is None:
+        return list(rows), []
+    kept, dropped = [], []
+    for row in rows:
+        audio = row["audio"]
+        fits = len(audio["array"]) <= int(seconds) * int(audio["sampling_rate"])
+        (kept if fits else dropped).append(row if fits else str(row["id"]))
+    return kept, dropped
+
+
 REAL_PREFIX = "real:"
 
 
