@@ -89,6 +89,27 @@ def test_use_ci_without_ci_keys_is_refused(tmp_path):
         load_reported(tmp_path / "p1.yaml")
 
 
+def test_use_ci_row_measured_on_the_real_model_only(tmp_path):
+    """p1 small_wer_real_speech has no smoke figure (ours: null): its use_ci check judges the real column by
+    the real CI, which must be named; the smoke column says why it has no figure."""
+    data = yaml.safe_load((ROOT / "reports/reported/p1.yaml").read_text())
+    row = next(r for r in data["rows"] if r["id"] == "small_wer_real_speech")
+    assert row["ours"] is None and row["check"]["use_ci"]
+    m = tmp_path / "reports/metrics"
+    m.mkdir(parents=True)
+    (m / "p1r_sgl_pruned_hi_real.json").write_text(json.dumps(
+        {"wer_delta_abs": 3.0, "paired_delta_ci_low_pct": 1.0, "paired_delta_ci_high_pct": 5.0,
+         "paired_p_value_b_worse": 0.001}))
+    _, rows = build_table(ROOT / "reports/reported/p1.yaml", tmp_path, "smoke", real=True)
+    out = {r["id"]: r for r in rows}["small_wer_real_speech"]
+    assert out["status"].startswith("not comparable in smoke") and out["ours"] is None
+    assert out["real"] == 3.0 and out["real_status"] == "differs" and "[+1, +5]" in out["note"]
+    del row["real"]["ci"]
+    (tmp_path / "p1.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="small_wer_real_speech: check.use_ci needs real.ci"):
+        load_reported(tmp_path / "p1.yaml")
+
+
 def _diff(old, new, path="reports/metrics/dense_en.json"):
     return {path: {k: {"old": old[k], "new": new.get(k)} for k in old}}
 

@@ -56,8 +56,9 @@ def load_reported(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path}: row {row['id']}: kind must be relative|absolute|qualitative")
         if row.get("ours") is None and "reason" not in row:
             raise ValueError(f"{path}: row {row['id']}: no 'ours' mapping and no 'reason' why not")
-        if (row.get("check") or {}).get("use_ci") and len((row.get("ours") or {}).get("ci") or []) != 2:
-            raise ValueError(f"{path}: row {row['id']}: check.use_ci needs ours.ci: [low key, high key]")
+        for side in ("ours", "real"):  # every figure judged by a use_ci check needs its CI keys
+            if (row.get("check") or {}).get("use_ci") and row.get(side) and len(row[side].get("ci") or []) != 2:
+                raise ValueError(f"{path}: row {row['id']}: check.use_ci needs {side}.ci: [low key, high key]")
     return data
 
 
