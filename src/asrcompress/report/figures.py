@@ -222,7 +222,7 @@ def plot_wer_vs(points: list[Point], what: str, path: str | Path) -> Path | None
         _scatter(ax, [p for p in points if p.paper == paper], x, xlabel, paper)
     for ax in list(axes.flat)[len(papers):]:
         ax.axis("off")
-    title = f"WER vs {xlabel} (star: reference; hollow: weights zeroed only, not removed; bars: 95 % CI)"
+    title = f"WER vs {xlabel} (star: reference; hollow: nothing removed (a dense control, or masks only); bars: 95 % CI)"
     fig.suptitle(textwrap.fill(title, width=70 * ncols), fontsize=9)  # one narrow panel: two lines
     return _save(fig, path)
 
