@@ -81,8 +81,8 @@ def compress(model: torch.nn.Module, variant: str, spec: dict[str, Any], p2: dic
     dev = bw.batches(dev_rows[:get(p2, "dev_utterances", int)], collate, size)
     record: dict[str, Any] = {"variant": variant, "init": init_dir, "params_init": num_parameters(model),
                               "dev_loss_init": bw.dev_loss(model, dev), **({"train_window_s": window} if window else {}),
-                              "train_utterances": len(train_rows), "train_left_out_window": len(dropped),
-                              "dev_left_out_window": len(dev_dropped)}
+                              **({"train_utterances": len(train_rows), "train_left_out_window": len(dropped),
+                                  "dev_left_out_window": len(dev_dropped)} if dropped or dev_dropped else {})}
     if get(spec, "merge", bool):
         record["merge"], similarity = bw.merge_step(model, p2, calib)
         write_csv(diag / "similarity.csv", similarity)
