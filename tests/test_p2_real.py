@@ -54,6 +54,7 @@ def test_p2_compress_reads_the_given_section_and_saves_the_full_window(project):
     load_stage("p2_compress").main("final", "dense", "dense", "corpus", "out", "diag", "p2_real")
     record = json.loads((project / "diag/compress.json").read_text())
     assert record["train_window_s"] == 1 and record["train"]["steps"] == 2 and record["distill"]["pairs"]
+    assert "train_left_out_window" not in record  # every clip fits: the record is what it was before the counts
     assert record["structure"]["decoder_layers"] == 1 and record["structure"]["embedding_rank"] == 8
     saved = json.loads((project / "out/compression.json").read_text())
     assert saved["method_params"]["train_window_s"] == 1
