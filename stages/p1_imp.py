@@ -23,7 +23,7 @@ from transformers import WhisperProcessor
 from asrcompress.compress.checkpoint import load_compressed, save_compressed
 from asrcompress.compress.imp import run_imp
 from asrcompress.compress.masks import make_permanent, reapply_masks
-from asrcompress.compress.sgl import target_filter
+from asrcompress.compress.sgl import check_p1_section, target_filter
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, read_json, setup_logging, write_json
 from asrcompress.measure.params import count_params, percent_reduction
@@ -50,13 +50,11 @@ def main(dense_dir: str, corpus_dir: str, prune_metrics: str, out_dir: str, loss
          metrics_path: str, section: str = "p1") -> None:
     setup_logging()
     cfg = load_params()
-    p1 = get(cfg, section, dict)
+    p1 = check_p1_section(cfg, section)  # the whole section, before any work
     language = get(cfg, f"corpora.{get(p1, 'corpus', str)}.whisper_language", str)
     target = get(p1, "imp.target_sparsity", (float, str))
     if target == "match":
         target = float(read_json(prune_metrics)["imp_target_sparsity"])
-    elif isinstance(target, str):
-        raise ValueError(f"params.yaml: {section}.imp.target_sparsity must be a number or 'match', got {target!r}")
     rounds, schedule = get(p1, "imp.rounds", int), get(p1, "imp.schedule", str)
     ckpt = Path("checkpoints") / Path(out_dir).name  # one per chain (p1_imp, p1_imp_medium)
     seed = get(cfg, "seed", int)

@@ -23,7 +23,7 @@ from transformers import WhisperProcessor
 
 from asrcompress.compress.checkpoint import load_compressed, save_compressed
 from asrcompress.compress.masks import make_permanent, reapply_masks, sparsity_report
-from asrcompress.compress.sgl import target_filter, zero_group_report
+from asrcompress.compress.sgl import check_p1_section, target_filter, zero_group_report
 from asrcompress.compress.weight_adaptive import TwoPassRule, kept_widths, plot_kept_widths, two_pass_prune
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, setup_logging, write_json
@@ -37,7 +37,7 @@ def main(sgl_dir: str, dense_dir: str, corpus_dir: str, out_dir: str, loss_csv: 
          fig_path: str, section: str = "p1") -> None:
     setup_logging()
     cfg = load_params()
-    p1 = get(cfg, section, dict)
+    p1 = check_p1_section(cfg, section)  # the whole section, before any work
     language = get(cfg, f"corpora.{get(p1, 'corpus', str)}.whisper_language", str)
     rule = TwoPassRule.from_params(get(p1, "prune", dict))
     model = load_compressed(sgl_dir)

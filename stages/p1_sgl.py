@@ -29,6 +29,7 @@ from asrcompress.compress.checkpoint import load_compressed, save_compressed
 from asrcompress.compress.masks import sparsity_report
 from asrcompress.compress.sgl import (
     SGLConfig,
+    check_p1_section,
     group_norms,
     lr_at,
     plot_group_norm_histograms,
@@ -51,7 +52,7 @@ def main(*argv: str) -> None:
     section = args[6] if len(args) == 7 else "p1"
     setup_logging()
     cfg = load_params()
-    p1 = get(cfg, section, dict)
+    p1 = check_p1_section(cfg, section)  # the whole section, before any work
     language = get(cfg, f"corpora.{get(p1, 'corpus', str)}.whisper_language", str)
     sgl = SGLConfig.from_params(get(p1, "sgl", dict))
     if control:  # no penalty: every lambda 0 (kinds kept, so the same groups are reported)

@@ -40,7 +40,7 @@ def main(variant: str, init_dir: str, teacher_dir: str, corpus_dir: str, out_dir
          section: str = "p2") -> None:
     setup_logging()
     cfg = load_params()
-    p2 = get(cfg, section, dict)
+    p2 = bw.check_p2_section(cfg, section)  # the whole section, before any work
     spec = get(p2, f"variants.{variant}", dict)
     seed = get(cfg, "seed", int)
     _, language = bw.reference_corpus(cfg, section)

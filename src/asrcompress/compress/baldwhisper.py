@@ -5,13 +5,15 @@ similarity, ``layer_merge.py``), the activation-aware low-rank embedding (``lowr
 ``lowrank_embedding.py``), then recovery training with the shared loop (``recover``), with feature
 distillation towards the dense teacher (``distill.py``) when the variant asks for it. Each step
 returns what it did (for ``compress.json``) and its diagnostic rows (``similarity.csv``,
-``rank_error.csv``); ``dev_loss`` is the teacher-forced loss the stage records between steps.
+``rank_error.csv``); ``dev_loss`` is the teacher-forced loss the stage records between steps;
+``check_p2_section`` checks the whole params section (``p2``, ``p2_real``, ``p2_real_yo``) before any work.
 Nothing here measures a compressed model: that is ``measure@`` (``measure/``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,16 +21,17 @@ from typing import Any
 import torch
 
 from asrcompress.compress.checkpoint import load_compressed
-from asrcompress.compress.distill import FeatureDistillation
-from asrcompress.compress.layer_merge import merge_most_similar, valid_token_mask
+from asrcompress.compress.distill import LOSSES, FeatureDistillation
+from asrcompress.compress.layer_merge import SIMILARITIES, merge_most_similar, valid_token_mask
 from asrcompress.compress.lowrank_embedding import (
+    SCALINGS,
     embedding_weight,
     factorize_activation_aware,
     logit_input_moment,
     rank_error_sweep,
     rank_for_fraction,
 )
-from asrcompress.config import DENSE_SECTIONS, ParamError, get
+from asrcompress.config import DENSE_SECTIONS, ParamError, Spec, check_section, get
 from asrcompress.models.whisper import encoder_window
 
 Batch = dict[str, torch.Tensor]
@@ -45,6 +48,70 @@ def reference_corpus(cfg: Mapping[str, Any], section: str) -> tuple[str, str]:
     corpus = get(cfg, f"{owner}.{ref}.corpus", str)
     corpora = "corpora" if corpus in (cfg.get("corpora") or {}) else "real_corpora"
     return corpus, get(cfg, f"{corpora}.{corpus}.whisper_language", str)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# every key of a variant (``<section>.variants.<key>``); max_steps / lr override ``<section>.train``'s
+VARIANT_SCHEMA = {"init": Spec(str), **{k: Spec(bool) for k in ("merge", "lowrank", "distill")},
+                  "max_steps": Spec(int, required=False, min=0), "lr": Spec(float, required=False)}
+
+
+def check_p2_section(cfg: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """Validate the whole ``section`` (``p2``, ``p2_real``, ``p2_real_yo``: one schema) before any work:
+    unknown, missing, mistyped, non-finite and out-of-range keys of the section, ``merge``, ``lowrank``,
+    ``distill``, ``train`` (``TrainConfig``) and every ``variants.<key>`` raise :class:`ParamError` naming
+    ``section.key``; ``reference`` must resolve (:func:`reference_corpus`). ``train_window_s`` is checked
+    against the model by ``models.whisper.check_train_window``. Returns the section as given."""
+    from asrcompress.train.loop import TRAIN_SCHEMA, TrainConfig
+
+    def bad(key: str, what: str, value: Any) -> ParamError:
+        return ParamError(f"params.yaml: {section}.{key}: must be {what}, got {value!r}")
+
+    out = check_section(get(cfg, section), section, {
+        "reference": Spec(str), **{k: Spec(int, min=1) for k in ("calib_utterances", "dev_utterances", "batch_size")},
+        "train_window_s": Spec(int, required=False, min=1),
+        **{k: Spec(dict) for k in ("merge", "lowrank", "distill", "train", "variants")}})
+    reference_corpus(cfg, section)
+    merge = check_section(out["merge"], f"{section}.merge", {
+        "n_pairs": Spec(int, min=0), "similarity": Spec(str, choices=SIMILARITIES), "pairs": Spec(list, required=False),
+        "alpha": Spec((float, list)), "beta": Spec((float, list))})
+    pairs = merge.get("pairs")
+    if pairs is not None and not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pairs):
+        raise bad("merge.pairs", "null or a list of decoder layer indices (ints >= 0)", pairs)
+    n_merged = len(pairs) if pairs is not None else merge["n_pairs"]
+    for key in ("alpha", "beta"):
+        value = merge[key]
+        if isinstance(value, list) and (len(value) != n_merged or not all(map(_is_number, value))):
+            raise bad(f"merge.{key}", f"a number or a list of {n_merged} numbers (one per merged pair)", value)
+    low = check_section(out["lowrank"], f"{section}.lowrank", {
+        "rank_fraction": Spec(float), "scaling": Spec(str, choices=SCALINGS), "damping": Spec(float, min=0),
+        "sweep": Spec(list)})
+    fractions = {"rank_fraction": low["rank_fraction"], **{f"sweep[{i}]": f for i, f in enumerate(low["sweep"])}}
+    for key, value in fractions.items():
+        if not (_is_number(value) and 0 < value <= 1):
+            raise bad(f"lowrank.{key}", "a rank fraction in (0, 1]", value)
+    distill = check_section(out["distill"], f"{section}.distill", {
+        "layers": Spec((str, list)), "loss": Spec(str, choices=LOSSES), "weight": Spec(float, min=0)})
+    layers = distill["layers"]
+    if layers not in ("all", "final") and not (isinstance(layers, list) and layers and all(
+            k == "final" or (isinstance(k, int) and not isinstance(k, bool) and k >= 0) for k in layers)):
+        raise bad("distill.layers", "all, final or a list of student boundaries (ints >= 0, final)", layers)
+    # max_steps: 0 = the surgery alone, no training (recover); a variant's max_steps / lr override the section's
+    check_section(out["train"], f"{section}.train", {**TRAIN_SCHEMA, "max_steps": Spec(int, min=0)})
+    for key, spec in out["variants"].items():
+        variant = check_section(spec, f"{section}.variants.{key}", VARIANT_SCHEMA)
+        for k in ("max_steps", "lr"):
+            if k in variant and variant[k] is None:
+                raise bad(f"variants.{key}.{k}", "a number when given", None)
+        if variant.get("lr") is not None and variant["lr"] <= 0:
+            raise bad(f"variants.{key}.lr", "> 0", variant["lr"])
+        trained = {**out["train"], **{k: variant[k] for k in ("max_steps", "lr") if k in variant}}
+        if trained["max_steps"] != 0:
+            TrainConfig.from_params(trained, 0, name=f"{section}.train")
+    return out
 
 
 def batches(rows: list[dict[str, Any]], collate: Any, size: int) -> list[Batch]:

@@ -58,6 +58,7 @@ __all__ = [
     "REMOVABLE_KINDS",
     "LinearTarget",
     "SGLConfig",
+    "check_p1_section",
     "find_linears",
     "target_filter",
     "column_norms",
@@ -370,3 +371,50 @@ def plot_group_norm_histograms(before: Mapping[str, Tensor], after: Mapping[str,
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ the `p1` params section
+P1_TRAIN_KEYS = ("sgl_train", "recovery_train", "control_train", "imp_train")  # train/loop.TRAIN_SCHEMA sections
+
+
+def check_p1_section(cfg: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """Validate the whole ``section`` (``p1`` or ``p1_real``: one schema) before any work: unknown, missing,
+    mistyped, non-finite and out-of-range keys of the section, of ``sgl``, ``prune`` (the two-pass rule,
+    ``weight_adaptive.py``), ``imp`` (``imp.py``) and of the training sub-sections (``TrainConfig``;
+    ``recovery_train`` may be null) raise :class:`~asrcompress.config.ParamError` naming ``section.key``.
+    ``train_window_s`` is checked against the model by ``models.whisper.check_train_window``.
+    Returns the section as given."""
+    from asrcompress.compress.imp import SCHEDULES
+    from asrcompress.compress.weight_adaptive import STATISTICS
+    from asrcompress.config import ParamError, Spec, check_section, get
+    from asrcompress.train.loop import TrainConfig
+
+    out = check_section(get(cfg, section), section, {
+        "model": Spec(str), "corpus": Spec(str), "medium_source": Spec(str, required=False),
+        "train_window_s": Spec(int, required=False, min=1), "sgl": Spec(dict), "prune": Spec(dict),
+        "imp": Spec(dict), **{k: Spec(dict) for k in P1_TRAIN_KEYS}, "recovery_train": Spec((dict, type(None)))})
+    if out["corpus"] not in (cfg.get("corpora") or {}):
+        raise ParamError(f"params.yaml: {section}.corpus: {out['corpus']!r} is not a key of corpora")
+    sgl = check_section(out["sgl"], f"{section}.sgl", {
+        **{f"lambda_{term}_{stack}": Spec(float, min=0) for term in ("l1", "group") for stack in ("encoder", "decoder")},
+        "l1_kinds": Spec(list), "group_kinds": Spec(list), "mode": Spec(str, choices=MODES)})
+    prune = check_section(out["prune"], f"{section}.prune", {
+        "pass1_statistic": Spec(str, choices=STATISTICS), "pass1_k": Spec(float, min=0),
+        "pass2_statistic": Spec(str, choices=STATISTICS), "pass2_k": Spec(float, min=0),
+        "zero_tol": Spec(float, min=0), "min_keep": Spec(int, min=0), "prune_ffn": Spec(bool),
+        "prune_heads": Spec(bool), "pass2_kinds": Spec(list)})
+    for where, kinds in (("sgl.l1_kinds", sgl["l1_kinds"]), ("sgl.group_kinds", sgl["group_kinds"]),
+                         ("prune.pass2_kinds", prune["pass2_kinds"])):
+        for i, kind in enumerate(kinds):
+            if kind not in ALL_KINDS:
+                raise ParamError(f"params.yaml: {section}.{where}[{i}]: {kind!r} is not one of {list(ALL_KINDS)}")
+    imp = check_section(out["imp"], f"{section}.imp", {
+        "target_sparsity": Spec((float, str)), "rounds": Spec(int, min=1), "schedule": Spec(str, choices=SCHEDULES)})
+    target = imp["target_sparsity"]
+    if target != "match" and (isinstance(target, str) or not 0 <= target < 1):
+        raise ParamError(f"params.yaml: {section}.imp.target_sparsity: must be 'match' or a number in [0, 1), "
+                         f"got {target!r}")
+    for key in P1_TRAIN_KEYS:
+        if out[key] is not None:
+            TrainConfig.from_params(out[key], 0, name=f"{section}.{key}")
+    return out
