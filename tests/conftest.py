@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -140,3 +142,27 @@ def sensitivity_records(model, seed: int = 0) -> list[dict]:
             r["score_fisher"] += float(rng.uniform(0.01, 1.0)) * info.numel
             r["score_grad"] += float(rng.uniform(0.01, 1.0)) * info.numel
     return list(recs.values())
+
+
+# ------------------------------------------------------------------------------ the committed params.yaml
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+DELETE = object()  # set_param value that removes the key
+
+
+@pytest.fixture
+def committed_params() -> dict:
+    """The committed params.yaml as parsed (no profile applied): a fresh copy per test to edit."""
+    import yaml
+
+    return yaml.safe_load(PARAMS.read_text())
+
+
+def set_param(cfg: dict, path: tuple[str, ...], value) -> None:
+    """Set (or, with ``DELETE``, remove) the key at ``path`` of a parsed params mapping."""
+    node = cfg
+    for part in path[:-1]:
+        node = node[part]
+    if value is DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import DELETE, PARAMS, set_param
 
 from asrcompress.config import ParamError, load_params
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-DELETE = object()
-
 
 @pytest.fixture
-def cfg() -> dict[str, Any]:
-    return yaml.safe_load(PARAMS.read_text())
-
-
-def _set(cfg: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    node = cfg
-    for part in path[:-1]:
-        node = node[part]
-    if value is DELETE:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
+def cfg(committed_params: dict[str, Any]) -> dict[str, Any]:
+    return committed_params
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
@@ -75,7 +62,7 @@ def test_the_committed_sections_pass_in_both_profiles(section: str, profile: str
 def test_a_bad_key_is_named(cfg, section: str, path: tuple[str, ...], value: Any, message: str) -> None:
     from asrcompress.compress.sgl import check_p1_section
 
-    _set(cfg[section], path, value)
+    set_param(cfg[section], path, value)
     with pytest.raises(ParamError, match=message):
         check_p1_section(cfg, section)
 
@@ -104,7 +91,7 @@ def test_every_p1_stage_checks_the_whole_section_first(cfg, tmp_path, monkeypatc
     (the model and corpus paths do not exist)."""
     from conftest import load_stage
 
-    _set(cfg[section], path, value)
+    set_param(cfg[section], path, value)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ASRC_PROFILE", raising=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,12 +10,10 @@ import yaml
 from asrcompress.compress.self_pinching import check_p4_section
 from asrcompress.config import ParamError
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-
 
 @pytest.fixture
-def cfg() -> dict[str, Any]:
-    return yaml.safe_load(PARAMS.read_text())
+def cfg(committed_params: dict[str, Any]) -> dict[str, Any]:
+    return committed_params
 
 
 def test_the_committed_section_passes(cfg) -> None:

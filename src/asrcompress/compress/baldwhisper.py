@@ -108,10 +108,15 @@ def check_p2_section(cfg: Mapping[str, Any], section: str) -> dict[str, Any]:
                 raise bad(f"variants.{key}.{k}", "a number when given", None)
         if variant.get("lr") is not None and variant["lr"] <= 0:
             raise bad(f"variants.{key}.lr", "> 0", variant["lr"])
-        trained = {**out["train"], **{k: variant[k] for k in ("max_steps", "lr") if k in variant}}
+        trained = variant_train_section(out, variant)
         if trained["max_steps"] != 0:
             TrainConfig.from_params(trained, 0, name=f"{section}.train")
     return out
+
+
+def variant_train_section(p2: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``<section>.train`` with a variant's own ``max_steps`` / ``lr`` over it (``max_steps: 0``: no training)."""
+    return {**get(p2, "train", dict), **{k: spec[k] for k in ("max_steps", "lr") if k in spec}}
 
 
 def batches(rows: list[dict[str, Any]], collate: Any, size: int) -> list[Batch]:
@@ -167,7 +172,7 @@ def recover(model: torch.nn.Module, variant: str, spec: Mapping[str, Any], p2: M
     and ``processor`` is the full-window one)."""
     from asrcompress.train.loop import TrainConfig, train
 
-    train_section = {**get(p2, "train", dict), **{k: spec[k] for k in ("max_steps", "lr") if k in spec}}
+    train_section = variant_train_section(p2, spec)
     if int(train_section["max_steps"]) == 0:
         return {"train": {"steps": 0}}
     tcfg = TrainConfig.from_params(train_section, seed, name=f"{section}.train")
