@@ -1,6 +1,6 @@
 """measure@<variant>: params, memory, FLOPs, WER/CER and latency of one model variant.
 
-    python stages/measure.py <variant-key> <metrics-json> <hyps-jsonl>
+    python stages/measure.py <variant-key> <metrics-json> <hyps-jsonl> [<reference-dir>]
 
 The real track's entries (``real_dense*``, ``real_variants``) take ``real_measure`` over ``measure``
 (and ``real_variants_measure`` over both for ``real_variants``). The variant's
@@ -8,7 +8,9 @@ model directory, corpus, reference and real-scale architecture come from
 ``dense.<key>``, ``real_dense.<key>``, ``real_dense_synth.<key>``, ``variants.<key>`` or
 ``real_variants.<key>`` in params.yaml (the corpus from
 ``corpora`` or ``real_corpora``); a variant's reference is a dense variant
-whose metrics and hypotheses must exist (dvc.yaml lists them as deps).
+whose metrics and hypotheses must exist (dvc.yaml lists them as deps): ``<reference-dir>/metrics/<ref>.json``
+and ``<reference-dir>/hyps/<ref>.jsonl`` (default: beside the outputs). The leaderboard's entries
+``lb_<entry>_<where>`` (``compress.board.measure_entries``) are measured as ``real_variants``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from asrcompress.compress.board import measure_entries
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import load_split, log, read_json, read_jsonl, setup_logging, write_json, write_jsonl
 from asrcompress.measure.suite import (
@@ -26,9 +29,10 @@ from asrcompress.measure.suite import (
 )
 
 
-def main(key: str, metrics_path: str, hyps_path: str) -> None:
+def main(key: str, metrics_path: str, hyps_path: str, reference_dir: str | None = None) -> None:
     setup_logging()
     cfg = load_params()
+    cfg["real_variants"] = {**(cfg.get("real_variants") or {}), **measure_entries(cfg)}  # lb_<entry>_<where>
     section = next((s for s in MEASURED_SECTIONS if key in (cfg.get(s) or {})), "variants")
     mcfg, variant, corpora = validate_measure_params(cfg, section, key)  # before any model or data
     corpus = variant["corpus"]
@@ -37,8 +41,10 @@ def main(key: str, metrics_path: str, hyps_path: str) -> None:
     if reference:
         ref_section = next(s for s in REFERENCE_SECTIONS if reference in (cfg.get(s) or {}))
         ref_dir = get(cfg, f"{ref_section}.{reference}.model", str)
-        ref_metrics = read_json(Path(metrics_path).with_name(f"{reference}.json"))
-        ref_rows = read_jsonl(Path(hyps_path).with_name(f"{reference}.jsonl"))
+        m_dir, h_dir = ((Path(reference_dir) / "metrics", Path(reference_dir) / "hyps") if reference_dir
+                        else (Path(metrics_path).parent, Path(hyps_path).parent))
+        ref_metrics = read_json(m_dir / f"{reference}.json")
+        ref_rows = read_jsonl(h_dir / f"{reference}.jsonl")
         ref_errors, ref_lengths = [r["errors"] for r in ref_rows], [r["tokens"] for r in ref_rows]
     rows = load_split(f"data/corpora/{corpus}", "test")[: variant.get("test_utterances")]
     metrics, hyps = measure_variant(

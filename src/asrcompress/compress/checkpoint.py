@@ -10,6 +10,9 @@ loads the safetensors state dict strictly: every key must match in name and shap
 except aliases of a tied parameter (Whisper's ``proj_out.weight`` = ``embed_tokens.weight``), none may be
 unexpected. Reloaded outputs equal the in-memory model's outputs exactly.
 
+An int8 model (``compress.int8_dynamic``) is stored as int8 weights + per-row scales in the same
+safetensors file, with a ``quantization`` record; it reloads quantised, equal to the saved model.
+
 A plain ``save_pretrained`` directory without ``compression.json`` is loaded with the class's
 ``from_pretrained`` and the same strictness (missing/unexpected/mismatched keys raise).
 """
@@ -27,6 +30,7 @@ from typing import Any
 from torch import Tensor, nn
 from transformers import AutoConfig, GenerationConfig
 
+from asrcompress.compress import int8_dynamic
 from asrcompress.compress.surgery import (
     MODEL_CLASSES,
     SurgeryError,
@@ -87,12 +91,22 @@ def save_compressed(model: nn.Module, out_dir: str | os.PathLike, method: str, m
         "structure": structure_of(model),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "num_parameters": num_parameters(model),
+        "num_parameters": num_parameters(model) + sum(w + b for w, b in int8_dynamic.int8_elements(model).values()),
     }
+    quant = int8_dynamic.quantization_record(model)
     stale = out / COMPRESSION_FILE
     if stale.exists():
         stale.unlink()  # never leave a record describing other weights
-    model.save_pretrained(out)
+    if quant is None:
+        model.save_pretrained(out)
+    else:  # int8 linears are no nn.Parameters: save_pretrained would drop them
+        from safetensors.torch import save_file
+
+        record["quantization"] = quant
+        model.config.save_pretrained(out)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(out)
+        save_file(int8_dynamic.int8_state_dict(model), str(out / _SINGLE), metadata={"format": "pt"})
     if processor is not None:
         processor.save_pretrained(out)
     record["weights_bytes"] = weights_bytes(out)
@@ -272,7 +286,13 @@ def load_compressed(path: str | os.PathLike, attn_implementation: str | None = N
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())
-    _strict_load(model, state, source)
+    if record.get("quantization"):
+        try:
+            int8_dynamic.load_int8_state(model, state, record["quantization"], source)
+        except int8_dynamic.QuantizationError as err:
+            raise CheckpointError(str(err)) from err
+    else:
+        _strict_load(model, state, source)
     if (p / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(str(p))
     return model.eval()

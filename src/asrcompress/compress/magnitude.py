@@ -38,6 +38,7 @@ __all__ = [
     "linear_weight_filter",
     "default_param_filter",
     "count_pruned",
+    "board_compress",
 ]
 
 ParamFilter = Callable[[str, nn.Parameter], bool]
@@ -155,3 +156,18 @@ def uniform_magnitude_masks(model: nn.Module, sparsity: float,
 def count_pruned(masks: Mapping[str, Tensor]) -> int:
     """Number of entries the masks drop (False entries)."""
     return sum(int((~m.bool()).sum()) for m in masks.values())
+
+
+def board_compress(model: nn.Module, entry: Mapping, inputs: object) -> dict:
+    """Leaderboard method ``global_l1``: global magnitude pruning (one ``|w|`` threshold) over the prunable
+    Whisper tensors (:func:`default_param_filter`), zeroing ``entry["budget"]`` of ALL parameters; no data."""
+    from asrcompress.compress.board import pool_sparsity
+    from asrcompress.compress.masks import apply_masks, make_permanent
+
+    keep = default_param_filter(model)
+    pool = sum(p.numel() for n, p in model.named_parameters() if keep(n, p))
+    s = pool_sparsity(sum(p.numel() for p in model.parameters()), pool, entry.get("budget"), inputs.where)
+    masks = global_magnitude_masks(model, s, keep)
+    apply_masks(model, masks)
+    make_permanent(model)
+    return {"pool_params": pool, "pool_sparsity": s, "pruned_weights": count_pruned(masks)}

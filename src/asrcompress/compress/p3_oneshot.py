@@ -54,6 +54,7 @@ from asrcompress.compress.magnitude import (
     uniform_magnitude_masks,
 )
 from asrcompress.compress.masks import apply_masks, get_masks, remove_masks
+from asrcompress.config import ParamError, Spec
 
 __all__ = [
     "FINAL_RATIOS",
@@ -69,6 +70,8 @@ __all__ = [
     "point_masks",
     "component_sparsity",
     "headline_metrics",
+    "board_compress",
+    "BOARD_KEYS",
 ]
 
 #: the paper's final configuration (code); LayerNorm, positional embeddings and biases: 0 %
@@ -386,3 +389,30 @@ def p3_data(cfg: Mapping[str, Any], section: str, corpus_dir: str, evaluate: str
         return P3Data(section, language, normalizer, calib, test, f"data/corpora/{calib_corpus}/train[:{len(calib)}]")
     calib, rest = calibration_split(test, get(cfg, f"{section}.calibration_fraction", float))
     return P3Data(section, language, normalizer, calib, rest, f"{corpus_dir}/test[:{len(calib)}]")
+
+
+#: leaderboard entry keys of paper 3's sensitivity-aware allocation (besides method, model, label, budget)
+BOARD_KEYS = {"sensitivity": Spec(str), "allocation": Spec(dict)}
+
+
+def board_compress(model: nn.Module, entry: Mapping[str, Any], inputs: Any) -> dict[str, Any]:
+    """Leaderboard method ``p3_sensitivity``: per-(component, layer) L1 ratios allocated from the measured
+    sensitivity scores (``entry["sensitivity"]``: a p3_sensitivity JSON of the same model; ``entry["allocation"]``:
+    the ``p3.allocation`` rule), reaching ``entry["budget"]`` of ALL parameters; one shot, no fine-tuning."""
+    from asrcompress.compress.board import pool_sparsity
+    from asrcompress.io import read_json
+
+    pool = prunable_numel(model)
+    t = pool_sparsity(sum(p.numel() for p in model.parameters()), pool, entry.get("budget"), inputs.where)
+    try:
+        rule = AllocationRule(**entry["allocation"])
+    except (TypeError, ValueError) as err:
+        raise ParamError(f"params.yaml: {inputs.where}.allocation: {err}") from err
+    alloc = allocate(read_json(entry["sensitivity"])["per_layer"], t, rule, tied_embedding=tied_embedding(model))
+    _check_scores(model, alloc)
+    masks = l1_unstructured_masks(model, alloc.ratios, alloc.per_layer)
+    apply_masks(model, masks)
+    pruned_n = sum(int((~m).sum()) for m in masks.values())
+    remove_masks(model)
+    return {"pool_params": pool, "pool_sparsity": t, "pruned_weights": pruned_n,
+            "component_ratios": dict(alloc.ratios)}

@@ -71,13 +71,23 @@ def _low_rank_logits_hook(module, inputs, output) -> None:
     module.__flops__ += tokens * emb.rank * (emb.embedding_dim + emb.num_embeddings)
 
 
+def _int8_linear_hook(module, inputs, output) -> None:
+    # an int8 linear does the MACs of the float one (int8 x int8); counted as ptflops counts nn.Linear
+    _, b = module._packed_params._weight_bias()
+    module.__flops__ += int(inputs[0].numel() // module.in_features) * (
+        module.in_features * module.out_features + (module.out_features if b is not None else 0))
+
+
 def _custom_hooks() -> dict:
-    """ptflops hooks for modules it cannot see into: the low-rank embedding of ``compress.surgery``."""
+    """ptflops hooks for modules it cannot see into: the low-rank embedding of ``compress.surgery`` and
+    the int8 linears of ``compress.int8_dynamic`` (counted as the float ones: MACs, not bytes)."""
     try:
+        from asrcompress.compress.int8_dynamic import QLinear
         from asrcompress.compress.surgery import LowRankEmbedding, LowRankOutputProjection
     except ImportError:
         return {}
-    return {LowRankEmbedding: _low_rank_embedding_hook, LowRankOutputProjection: _low_rank_logits_hook}
+    return {LowRankEmbedding: _low_rank_embedding_hook, LowRankOutputProjection: _low_rank_logits_hook,
+            QLinear: _int8_linear_hook}
 
 
 def count_macs(module: nn.Module, x: torch.Tensor) -> int:

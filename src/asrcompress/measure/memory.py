@@ -1,7 +1,8 @@
 """Four memory measures; each result key names its definition.
 
 - ``weights_mib``: bytes of all parameters AND buffers at their stored dtype (numel x
-  element size), shared/tied tensors once. What the model needs in memory before any input.
+  element size), shared/tied tensors once, plus the packed int8 linears (1 byte a weight + float32 row
+  scales and bias). What the model needs in memory before any input.
 - ``checkpoint_mib``: bytes of the files of a saved model directory on disk.
 - ``peak_rss_mib`` / ``peak_rss_delta_mib``: peak resident set size of a separate Python
   process (``memory_probe``) that loads the model and runs a workload, read by that process
@@ -48,8 +49,14 @@ def weight_bytes(model: nn.Module, include_masks: bool = False) -> int:
     """Bytes of parameters + buffers at their stored dtype; tied/shared tensors counted once.
     Pruning-mask buffers (bookkeeping of masked sparsity, not model state) are left out unless
     ``include_masks``: a masked model then weighs what the dense one does."""
-    return sum(t.numel() * t.element_size() for name, t in unique_named_tensors(model, buffers=True)
-               if include_masks or not _is_mask(model, name))
+    from asrcompress.compress.int8_dynamic import packed_weight, quantized_linears
+
+    packed = 0
+    for _, m in quantized_linears(model):  # int8 linears: 1 byte a weight + the row scales and the bias
+        q, scale, bias = packed_weight(m)
+        packed += q.numel() * q.element_size() + scale.numel() * 4 + (0 if bias is None else bias.numel() * 4)
+    return packed + sum(t.numel() * t.element_size() for name, t in unique_named_tensors(model, buffers=True)
+                        if include_masks or not _is_mask(model, name))
 
 
 def dir_size_bytes(path: str | os.PathLike) -> int:

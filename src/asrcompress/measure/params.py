@@ -21,6 +21,8 @@ Informational subsets: ``token_embedding_params``, ``pos_embedding_params``, ``f
 ``nonzero_params`` counts entries != 0, after applying ``torch.nn.utils.prune`` masks (a
 ``<name>_orig`` parameter with a ``<name>_mask`` buffer counts ``orig * mask``); ``None`` on the
 meta device. Masked or zeroed weights still count in ``params``: only physical removal lowers it.
+Int8 linears (``compress.int8_dynamic``) hold no ``nn.Parameter``: their weights and biases are counted
+from the packed tensors (quantisation removes no parameter; ``int8_params`` says how many are int8).
 """
 
 from __future__ import annotations
@@ -98,7 +100,20 @@ def count_params(model: nn.Module) -> dict:
             on_meta = True
         else:
             nonzero += _nonzero(model, name, p)
+    from asrcompress.compress.int8_dynamic import int8_elements, quantized_linears
+
+    int8 = int8_elements(model)
+    modules = dict(quantized_linears(model)) if int8 else {}
+    for name, (w_n, b_n) in int8.items():  # int8 linears (compress.int8_dynamic): no nn.Parameter
+        bucket, subset = _bucket(name + ".weight")
+        counts[bucket] += w_n + b_n
+        if subset:
+            counts[subset] += w_n + b_n
+        total += w_n + b_n
+        w, b = modules[name]._packed_params._weight_bias()
+        nonzero += int(torch.count_nonzero(w.int_repr())) + (0 if b is None else int(torch.count_nonzero(b)))
     out: dict = {"params": total, **{f"{k}_params": v for k, v in counts.items()}}
+    out["int8_params"] = sum(w_n + b_n for w_n, b_n in int8.values())
     out["nonzero_params"] = None if on_meta else nonzero
     out["sparsity_pct"] = None if on_meta or total == 0 else 100.0 * (total - nonzero) / total
     for k in ("params", "encoder_params", "decoder_params", "embedding_params", "other_params", "nonzero_params"):

@@ -617,3 +617,44 @@ def write_p2(root: Path) -> list[Path | None]:
     write_p2_summary(rows, md, root / "reports/tables/p2_summary.csv")
     return [md, plot_p2_rank_error(root, root / "reports/figures/p2_rank_error.png"),
             plot_p2_speedup(rows, root / "reports/figures/p2_speedup.png")]
+
+
+def plot_leaderboard(rows: Sequence[Mapping[str, Any]], anchors: Sequence[Mapping[str, Any]],
+                     wheres: Mapping[str, str], path_bytes: str | Path, path_speed: str | Path) -> list[Path]:
+    """The leaderboard's Pareto figures: WER (one panel per measured corpus) against bytes on disk, and
+    against the batch-1 speed-up over dense Whisper base timed interleaved. Star: dense; squares: the
+    faster-whisper anchor (speed figure, real speech only; its bytes are not measured); filled: something
+    physically removed or stored in fewer bits; hollow: zeros only; ringed: on the Pareto front (real
+    speech). WERs above 100 % sit on the top edge with their value in the label."""
+    out = []
+    for x, xlabel, path, anchor_ok in (("checkpoint_mib", "checkpoint on disk (MiB)", path_bytes, False),
+                                       ("speedup", "speed-up vs dense, batch 1 (x)", path_speed, True)):
+        fig, axes = plt.subplots(1, len(wheres), figsize=(6.2 * len(wheres), 4.6), squeeze=False)
+        for ax, (where, corpus) in zip(axes[0], wheres.items(), strict=True):
+            pts = [r for r in rows if r.get(x) is not None and r.get(f"wer_{where}") is not None]
+            if anchor_ok and where == "real":
+                pts += [a for a in anchors if a.get(x) is not None]
+            top = min(max([r[f"wer_{where}"] for r in pts] + [10.0]), WER_AXIS_MAX) * 1.08 + 1
+            dense_mib = next((r["checkpoint_mib"] for r in rows if r["source"] == "dense"), None)
+            for r in pts:
+                y, label, err = r[f"wer_{where}"], r["entry"], None
+                if y > WER_AXIS_MAX:
+                    label, y = f"{r['entry']} ({y:.0f} %)", top * 0.97
+                elif r.get(f"wer_{where}_ci_low") is not None:
+                    err = [[max(y - r[f"wer_{where}_ci_low"], 0)], [max(r[f"wer_{where}_ci_high"] - y, 0)]]
+                marker = {"dense": "*", "anchor": "s"}.get(r["source"], "o")
+                smaller = r["source"] == "anchor" or (dense_mib and r.get("checkpoint_mib", dense_mib) < dense_mib * 0.98)
+                ax.errorbar([r[x]], [y], yerr=err, fmt=marker, ms=12 if marker == "*" else 7, capsize=2,
+                            mfc=None if smaller or marker == "*" else "white",
+                            color="black" if marker == "*" else None)
+                if where == "real" and r.get("pareto_bytes" if x == "checkpoint_mib" else "pareto_speed"):
+                    ax.plot([r[x]], [y], "o", ms=15, mfc="none", mec="red", mew=1.2)
+                ax.annotate(label, (r[x], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.set_ylim(0, top)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("WER (%)")
+            ax.set_title(f"Whisper base on {corpus}" + (" (red ring: Pareto front)" if where == "real" else ""),
+                         fontsize=10)
+            ax.grid(alpha=0.3)
+        out.append(_save(fig, path))
+    return out

@@ -1,0 +1,137 @@
+"""The leaderboard (compress/board.py, report/leaderboard.py, pipelines/leaderboard): params checked before any
+work, one measure entry per board entry and corpus, paired tests and Pareto fronts from what measure wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import DELETE, load_stage, set_param
+
+from asrcompress.compress.board import check_leaderboard_section, measure_entries
+from asrcompress.config import ParamError
+from asrcompress.report.leaderboard import board_rows, budget_group, pareto
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_leaderboard_params_pass_and_expand(committed_params):
+    sec = check_leaderboard_section(committed_params)
+    keys = measure_entries(committed_params)
+    assert len(keys) == len(sec["entries"]) * len(sec["measure_on"])
+    assert keys["lb_wanda_b30_real"] == {"model": "data/models/lb/wanda_b30", "corpus": "en_real",
+                                         "reference": "base_en_real"}
+    assert keys["lb_wanda_b30_synth"]["test_utterances"] == 100
+
+
+@pytest.mark.parametrize(("path", "value", "match"), [
+    (("entries", "wanda_b30", "budgte"), 0.3, r"leaderboard\.entries\.wanda_b30\.budgte"),
+    (("entries", "wanda_b30", "calibration_tokens"), "many", r"leaderboard\.entries\.wanda_b30\.calibration_tokens"),
+    (("entries", "int8", "method"), "asrcompress.compress.nosuch", r"leaderboard\.entries\.int8\.method: cannot import"),
+    (("entries", "int8", "method"), "asrcompress.config", r"leaderboard\.entries\.int8\.method: .*no board_compress"),
+    (("entries", "p3_b30", "sensitivity"), DELETE, r"leaderboard\.entries\.p3_b30\.sensitivity"),
+    (("entries", "l1_b30", "label"), DELETE, r"leaderboard\.entries\.l1_b30\.label"),
+    (("calibration", "split"), "test", r"leaderboard\.calibration\.split"),
+    (("measure_on", "real", "corpus"), "nosuch", r"real_corpora\.nosuch"),
+    (("imported", "p2_final", "measured"), DELETE, r"leaderboard\.imported\.p2_final\.measured"),
+])
+def test_a_bad_leaderboard_key_is_named(committed_params, path, value, match):
+    set_param(committed_params, ("leaderboard", *path), value)
+    with pytest.raises(ParamError, match=match):
+        check_leaderboard_section(committed_params)
+
+
+def test_every_entry_has_a_compress_and_a_measure_stage_on_every_corpus(committed_params):
+    stages = yaml.safe_load((ROOT / "pipelines/leaderboard/dvc.yaml").read_text())["stages"]
+    sec = committed_params["leaderboard"]
+    assert stages["lb_compress"]["foreach"] == "${leaderboard.entries}"
+    assert stages["lb_measure"]["foreach"] == "${leaderboard.entries}"
+    cmds = " ".join(stages["lb_measure"]["do"]["cmd"])
+    for where, spec in sec["measure_on"].items():
+        assert f"lb_${{key}}_{where} " in cmds
+        for f in (f"reports/metrics/{spec['reference']}.json", f"reports/hyps/{spec['reference']}.jsonl"):
+            assert f in stages["lb_measure"]["do"]["deps"] and f in stages["leaderboard"]["deps"]
+    for imp in sec["imported"].values():
+        for key in imp["measured"].values():
+            assert f"reports/metrics/{key}.json" in stages["leaderboard"]["deps"], key
+
+
+def _write_measure(root: Path, sub: str, key: str, params: int, nonzero: int, errors: list[int], **extra) -> None:
+    metrics = {"params": params, "nonzero_params": nonzero, "checkpoint_mib": params / 2**18, "weights_mib": 1.0,
+               "wer_pct": 100.0 * sum(errors) / (10 * len(errors)), "wer_ci_low_pct": 0.0, "wer_ci_high_pct": 99.0,
+               **extra}
+    (root / "reports" / sub / "metrics").mkdir(parents=True, exist_ok=True)
+    (root / "reports" / sub / "hyps").mkdir(parents=True, exist_ok=True)
+    (root / "reports" / sub / "metrics" / f"{key}.json").write_text(json.dumps(metrics))
+    (root / "reports" / sub / "hyps" / f"{key}.jsonl").write_text(
+        "".join(json.dumps({"id": f"u{i}", "errors": e, "ref_words": 10}) + "\n" for i, e in enumerate(errors)))
+
+
+def _board(tmp_path: Path) -> dict:
+    cfg = {"leaderboard": {
+        "measure_on": {"real": {"reference": "d_real", "corpus": "c1"}, "synth": {"reference": "d_synth", "corpus": "c2"}},
+        "entries": {"small": {"label": "S"}, "zeros": {"label": "Z"}},
+        "imported": {"paper": {"label": "P", "measured": {"real": "p_real", "synth": "p_synth"}}}}}
+    _write_measure(tmp_path, "", "d_real", 1000, 1000, [1] * 20)
+    _write_measure(tmp_path, "", "d_synth", 1000, 1000, [2] * 20)
+    # "small": physically 30 % smaller, clearly worse on real speech, faster
+    _write_measure(tmp_path, "leaderboard", "lb_small_real", 700, 700, [3] * 20, speedup_vs_reference=1.4)
+    _write_measure(tmp_path, "leaderboard", "lb_small_synth", 700, 700, [2] * 20)
+    # "zeros": 50 % zeros, same size on disk and speed as dense, a little worse: dominated by dense on both fronts
+    _write_measure(tmp_path, "leaderboard", "lb_zeros_real", 1000, 500, [1] * 19 + [2], speedup_vs_reference=1.0)
+    _write_measure(tmp_path, "leaderboard", "lb_zeros_synth", 1000, 500, [2] * 20)
+    _write_measure(tmp_path, "", "p_real", 600, 600, [9] * 20, speedup_vs_reference=1.2, reference="d_real")
+    _write_measure(tmp_path, "", "p_synth", 600, 600, [2] * 20)
+    for name, cpu in (("small", 5.0), ("zeros", 1.0)):
+        (tmp_path / "reports/leaderboard/compress").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "reports/leaderboard/compress" / f"{name}.json").write_text(json.dumps({"compress_cpu_s": cpu}))
+    return cfg
+
+
+def test_board_rows_pair_every_entry_with_dense_and_mark_the_fronts(tmp_path):
+    cfg = _board(tmp_path)
+    rows = {r["entry"]: r for r in board_rows(cfg, tmp_path, n_resamples=200, seed=0)}
+    assert list(rows) == ["dense", "small", "zeros", "paper"]
+    assert rows["small"]["removed_pct"] == pytest.approx(30.0) and rows["zeros"]["removed_pct"] == pytest.approx(50.0)
+    assert rows["small"]["delta_real"] == pytest.approx(20.0) and rows["small"]["p_worse_real"] == 0.0
+    assert rows["small"]["delta_synth"] == pytest.approx(0.0)
+    assert rows["paper"]["delta_real"] == pytest.approx(80.0)
+    assert rows["small"]["compress_cpu_s"] == 5.0 and rows["paper"]["compress_cpu_s"] is None
+    assert rows["dense"]["pareto_bytes"] and rows["small"]["pareto_bytes"] and rows["paper"]["pareto_bytes"]
+    assert not rows["zeros"]["pareto_bytes"] and not rows["zeros"]["pareto_speed"]
+    assert rows["small"]["pareto_speed"] and not rows["paper"]["pareto_speed"]  # slower than small AND worse
+    assert [budget_group(x) for x in (0.0, 30.0, 50.0)] == ["quantised only", "~30 %", "~50 %"]
+
+
+def test_a_missing_measurement_is_named(tmp_path):
+    cfg = _board(tmp_path)
+    (tmp_path / "reports/leaderboard/metrics/lb_zeros_synth.json").unlink()
+    with pytest.raises(Exception, match="lb_zeros_synth.json"):
+        board_rows(cfg, tmp_path)
+
+
+def test_an_imported_entry_timed_against_another_model_is_refused(tmp_path):
+    cfg = _board(tmp_path)
+    _write_measure(tmp_path, "", "p_real", 600, 600, [9] * 20, speedup_vs_reference=1.2, reference="control")
+    with pytest.raises(ValueError, match="timed against 'control'"):
+        board_rows(cfg, tmp_path)
+
+
+def test_pareto_keeps_only_undominated_rows():
+    rows = [{"entry": "a", "wer_real": 10, "checkpoint_mib": 100, "speedup": 1.0},
+            {"entry": "b", "wer_real": 12, "checkpoint_mib": 50, "speedup": 1.5},
+            {"entry": "c", "wer_real": 13, "checkpoint_mib": 60, "speedup": 1.4},
+            {"entry": "d", "wer_real": 10, "checkpoint_mib": 100, "speedup": None}]
+    pareto(rows)
+    assert [r["entry"] for r in rows if r["pareto_bytes"]] == ["a", "b", "d"]  # a and d tie: neither beats
+    assert [r["entry"] for r in rows if r["pareto_speed"]] == ["a", "b"]
+
+
+def test_lb_compress_stage_refuses_an_unknown_entry_before_any_work(tmp_path, monkeypatch):
+    stage = load_stage("lb_compress")
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ParamError, match=r"leaderboard\.entries\.nosuch: no such entry"):
+        stage.main("nosuch", str(tmp_path / "m"), str(tmp_path / "r.json"))
+    assert not (tmp_path / "m").exists()
