@@ -91,6 +91,8 @@ __all__ = [
     "structured_gated_params",
     "structured_target",
     "check_p4_real_section",
+    "budget_train_section",
+    "budget_gate_config",
 ]
 
 _LAYER_LINEAR = re.compile(r"(^|\.)encoder\.layers\.\d+\.")
