@@ -54,7 +54,7 @@ def logits(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
         return model(input_features=feats, decoder_input_ids=torch.tensor([[1, 5, 7]] * feats.shape[0])).logits
 
 
-def run_gates(processor, budget: float, lam: float = 5.0, steps: int = 40, tmp: Path | None = None
+def run_gates(processor, budget: float, tmp: Path, lam: float = 5.0, steps: int = 40
               ) -> tuple[nn.Module, SelfPinchingGates, dict[str, Any], int]:
     """A seeded offline Whisper (1 s window) trained with structured gates on 8 rows; returns (model, gates,
     summary, parameters before)."""
@@ -65,7 +65,6 @@ def run_gates(processor, budget: float, lam: float = 5.0, steps: int = 40, tmp: 
     gcfg = GateConfig(weight_lr=1e-3, threshold_lr=0.05, target_sparsity=structured_target(model, budget), lam=lam,
                       tau=0.05, init_threshold=0.3, structured=True, log_every=5)
     collate = WhisperCollator(processor, "en", max_target_positions=model.config.max_target_positions)
-    tmp = tmp or Path("/nonexistent")
     gates, summary = compress_with_gates(model, make_offline_rows(8), collate, tcfg, gcfg, str(tmp / "ck"),
                                          str(tmp / "loss.csv"), {"budget": budget})
     return model, gates, summary, n0
@@ -95,24 +94,23 @@ def test_structured_gates_cover_every_block_linear_of_whisper() -> None:
 @pytest.mark.parametrize("budget", [0.2, 0.45])
 def test_pressure_steers_the_removed_share_of_the_block_linears_to_the_budget(offline_processor, tmp_path,
                                                                               budget: float) -> None:
-    model, gates, summary, _ = run_gates(offline_processor, budget, tmp=tmp_path)
+    dense = build_model(DIMS, offline_processor.tokenizer, 1)
+    model, gates, summary, _ = run_gates(offline_processor, budget, tmp_path)
     start = [r for r in gates.trace if r["step"] == 0]
     assert start and all(r["hard_sparsity"] == 0.0 for r in start)  # the gates start open
-    removed = 1 - block_linear_params(model) / block_linear_params(build_model(DIMS, offline_processor.tokenizer, 1))
-    assert removed == pytest.approx(budget, abs=0.08)
-    assert summary["soft_sparsity"] == pytest.approx(structured_target(build_model(DIMS, offline_processor.tokenizer,
-                                                                                   1), budget), abs=0.03)
+    assert 1 - block_linear_params(model) / block_linear_params(dense) == pytest.approx(budget, abs=0.08)
+    assert summary["soft_sparsity"] == pytest.approx(structured_target(dense, budget), abs=0.03)
 
 
 def test_without_pressure_nothing_is_removed(offline_processor, tmp_path) -> None:
     """The control of the test above: the same training with lam = 0 keeps every unit."""
-    model, _, summary, n0 = run_gates(offline_processor, 0.45, lam=0.0, tmp=tmp_path)
+    model, _, summary, n0 = run_gates(offline_processor, 0.45, tmp_path, lam=0.0)
     assert num_parameters(model) == n0 and not any(summary["removed"].values())
 
 
 # ------------------------------------------------------------------------------ removal, checkpoint, reload
 def test_removal_is_physical_and_the_checkpoint_reloads_identically(offline_processor, tmp_path) -> None:
-    model, _, summary, n0 = run_gates(offline_processor, 0.4, tmp=tmp_path)
+    model, _, summary, n0 = run_gates(offline_processor, 0.4, tmp_path)
     d, hd = DIMS["d_model"], DIMS["d_model"] // DIMS["attention_heads"]
     pinched = removed_params(summary["removed"], d, hd)
     kinds = {name.rsplit(".", 1)[1] for name, idx in summary["removed"].items() if idx}
