@@ -114,8 +114,8 @@ def test_structured_gates_remove_units_and_reload_identically(tmp_path, ctc_audi
     assert len(gates.entries) == 4  # (ffn, heads) x 2 layers
     set_relative_threshold(gates, 1.0)
     closed = gates.closed_groups()
-    n_ffn = sum(len(v) for (_, unit), v in closed.items() if unit == "ffn")
-    n_heads = sum(len(v) for (_, unit), v in closed.items() if unit == "heads")
+    n_ffn = sum(len(v) for (_, _, unit), v in closed.items() if unit == "ffn")
+    n_heads = sum(len(v) for (_, _, unit), v in closed.items() if unit == "heads")
     assert n_ffn > 0
     soft = logits(model, ctc_audio)
     gates.finalize()

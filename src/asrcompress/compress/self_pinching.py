@@ -45,7 +45,18 @@ scales the group's output columns (``output_dense`` / ``out_proj``), so a closed
 nothing and removing it is exact. :meth:`finalize` removes the groups with ``m_g <= 0.5``
 physically with :func:`asrcompress.compress.surgery.prune_ffn_neurons` /
 :func:`~asrcompress.compress.surgery.prune_heads`. Structured gates are implemented for
-``Wav2Vec2ForCTC`` and ``HubertForCTC``.
+``Wav2Vec2ForCTC`` and ``HubertForCTC`` (encoder layers) and ``WhisperForConditionalGeneration``
+(:func:`structured_units`: encoder and decoder layers; FFN neurons = ``fc1`` rows / ``fc2`` columns,
+heads of the self-attention and, in the decoder, of the cross-attention, each its own unit with its own
+threshold).
+
+Whisper on a budget (``p4_real``)
+---------------------------------
+The real track states its target as a share of the *block linears* (every ``nn.Linear`` inside the
+encoder and decoder layers, weights and biases: :func:`block_linear_params`). The gated groups cover all
+of them except the output biases (``fc2``, ``out_proj``), which no unit removal touches, so
+:func:`structured_target` turns a budget into the gates' ``target_sparsity`` (over the gated params).
+``check_p4_real_section`` checks the ``p4_real`` section before any work.
 """
 
 from __future__ import annotations
@@ -75,9 +86,17 @@ __all__ = [
     "prunable_linears",
     "prunable_weight_filter",
     "soft_gate",
+    "structured_units",
+    "block_linear_params",
+    "structured_gated_params",
+    "structured_target",
+    "check_p4_real_section",
+    "budget_train_section",
+    "budget_gate_config",
 ]
 
 _LAYER_LINEAR = re.compile(r"(^|\.)encoder\.layers\.\d+\.")
+_BLOCK_LINEAR = re.compile(r"(^|\.)(encoder|decoder)\.layers\.\d+\.")
 
 
 @dataclass(frozen=True)
@@ -217,13 +236,66 @@ def prunable_weight_filter(model: nn.Module) -> Callable[[str, nn.Parameter], bo
     return lambda name, param: name in names
 
 
+def structured_units(model: nn.Module) -> list[tuple[str, int, str, nn.Linear, list[nn.Linear], int]]:
+    """The units of the structured gates: ``(stack, layer, unit, output-side linear, input-side linears,
+    groups)`` per layer and module, ``unit`` = ``"ffn"`` (neurons), ``"heads"`` (self-attention heads) or
+    ``"cross_heads"`` (Whisper decoder cross-attention heads). CTC models: the encoder layers; Whisper:
+    encoder and decoder layers (``fc1`` rows / ``fc2`` columns; q/k/v rows / ``out_proj`` columns)."""
+    fam = model_family(model)
+    if fam == "whisper":
+        stacks = {"encoder": model.model.encoder.layers, "decoder": model.model.decoder.layers}
+    else:
+        stacks = {"encoder": model.base_model.encoder.layers}
+    units = []
+    for stack, layers in stacks.items():
+        for i, layer in enumerate(layers):
+            if fam == "whisper":
+                fc1, fc2 = layer.fc1, layer.fc2
+                atts = [("heads", layer.self_attn)] + ([("cross_heads", layer.encoder_attn)] if stack == "decoder"
+                                                       else [])
+            else:
+                fc1, fc2 = layer.feed_forward.intermediate_dense, layer.feed_forward.output_dense
+                atts = [("heads", layer.attention)]
+            units.append((stack, i, "ffn", fc2, [fc1], fc1.out_features))
+            units += [(stack, i, unit, att.out_proj, [att.q_proj, att.k_proj, att.v_proj], att.num_heads)
+                      for unit, att in atts]
+    return units
+
+
+def block_linear_params(model: nn.Module) -> int:
+    """Parameters (weights and biases) of every ``nn.Linear`` inside the encoder / decoder layers: the
+    denominator of a ``p4_real`` budget."""
+    return sum(mod.in_features * mod.out_features + (mod.bias.numel() if mod.bias is not None else 0)
+               for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and _BLOCK_LINEAR.search(name + "."))
+
+
+def structured_gated_params(model: nn.Module) -> int:
+    """Parameters covered by the structured gates' groups (what removing every unit would remove)."""
+    total = 0
+    for _, _, _, out_lin, partners, groups in structured_units(model):
+        width = out_lin.in_features // groups
+        total += groups * (out_lin.out_features * width + sum(
+            width * (p.in_features + (1 if p.bias is not None else 0)) for p in partners))
+    return total
+
+
+def structured_target(model: nn.Module, budget: float) -> float:
+    """The structured gates' ``target_sparsity`` (over the gated params) that removes ``budget`` of the
+    block linears' parameters (:func:`block_linear_params`)."""
+    target = budget * block_linear_params(model) / structured_gated_params(model)
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"a budget of {budget} of the block linears needs {target:.3f} of the gated params")
+    return target
+
+
 @dataclass
 class _Entry:
     name: str           # "encoder.layers.0.attention.q_proj" (unstructured) / "...layers.0.ffn" (structured)
     owner: nn.Linear    # the parametrised linear
     gate: PinchGate | GroupPinchGate
     layer: int | None = None
-    unit: str = ""      # "ffn" | "heads" for structured entries
+    unit: str = ""      # "ffn" | "heads" | "cross_heads" for structured entries
+    stack: str = "encoder"
 
 
 class SelfPinchingGates:
@@ -249,18 +321,11 @@ class SelfPinchingGates:
         self.record()  # step 0: the gates as installed
 
     def _install_structured(self) -> None:
-        fam = model_family(self.model)
-        if fam not in ("wav2vec2", "hubert"):
-            raise ValueError(f"structured self-pinching gates support wav2vec2/hubert CTC models, not {fam}")
         prefix = self.model.base_model_prefix
-        for i, layer in enumerate(self.model.base_model.encoder.layers):
-            ff, att = layer.feed_forward, layer.attention
-            units = [("ffn", ff.output_dense, [ff.intermediate_dense], ff.intermediate_dense.out_features),
-                     ("heads", att.out_proj, [att.q_proj, att.k_proj, att.v_proj], att.num_heads)]
-            for unit, out_lin, partners, groups in units:
-                gate = GroupPinchGate(out_lin.weight, partners, groups, self.cfg)
-                parametrize.register_parametrization(out_lin, "weight", gate)
-                self.entries.append(_Entry(f"{prefix}.encoder.layers.{i}.{unit}", out_lin, gate, i, unit))
+        for stack, i, unit, out_lin, partners, groups in structured_units(self.model):
+            gate = GroupPinchGate(out_lin.weight, partners, groups, self.cfg)
+            parametrize.register_parametrization(out_lin, "weight", gate)
+            self.entries.append(_Entry(f"{prefix}.{stack}.layers.{i}.{unit}", out_lin, gate, i, unit, stack))
 
     # ---------------------------------------------------------------------------- sparsity
     @staticmethod
@@ -339,11 +404,11 @@ class SelfPinchingGates:
         return {f"{e.name}.weight": ~e.gate.closed(self._original(e)) for e in self.entries}
 
     @torch.no_grad()
-    def closed_groups(self) -> dict[tuple[int, str], list[int]]:
-        """Structured: ``{(layer, "ffn" | "heads"): [indices with m <= 0.5]}``."""
+    def closed_groups(self) -> dict[tuple[str, int, str], list[int]]:
+        """Structured: ``{(stack, layer, "ffn" | "heads" | "cross_heads"): [indices with m <= 0.5]}``."""
         if not self.cfg.structured:
             raise ValueError("closed_groups: only for structured gates")
-        return {(e.layer, e.unit): torch.nonzero(e.gate.closed(self._original(e))).flatten().tolist()
+        return {(e.stack, e.layer, e.unit): torch.nonzero(e.gate.closed(self._original(e))).flatten().tolist()
                 for e in self.entries}
 
     def remove(self) -> None:
@@ -364,13 +429,13 @@ class SelfPinchingGates:
         if self.cfg.structured:
             closed = self.closed_groups()
             self.remove()
-            for (layer, unit), idx in sorted(closed.items()):
+            for (stack, layer, unit), idx in sorted(closed.items()):
                 if unit == "ffn":
-                    prune_ffn_neurons(self.model, "encoder", layer, idx)
+                    prune_ffn_neurons(self.model, stack, layer, idx)
                 else:
-                    prune_heads(self.model, "encoder", layer, idx)
-            summary["removed"] = {f"layer{layer}.{unit}": idx
-                                  for (layer, unit), idx in sorted(closed.items())}
+                    prune_heads(self.model, stack, layer, idx, "cross" if unit == "cross_heads" else "self")
+            summary["removed"] = {f"{stack}.layer{layer}.{unit}": idx
+                                  for (stack, layer, unit), idx in sorted(closed.items())}
         else:
             masks = self.hard_masks()
             self.remove()
@@ -490,3 +555,63 @@ def check_p4_section(cfg: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise ParamError(f"params.yaml: {where}: {exc}") from exc
     return p4
+
+
+# ------------------------------------------------------------------------- the `p4_real` params section
+#: every key of a ``p4_real.budgets.<key>`` entry: the budget and what each budget sets for itself
+P4_REAL_BUDGET_KEYS = {"budget": float, "max_steps": int, "lr": float, "batch_size": int, "threshold_lr": float,
+                       "lam": float, "train_window_s": int}
+#: the gate keys shared by every budget (``p4_real.gates``); the rest come from the budget entry
+P4_REAL_GATE_KEYS = ("tau", "init_threshold", "ramp_steps", "log_every")
+
+
+def check_p4_real_section(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Validate the whole ``p4_real`` section (structured gates on Whisper's block linears, one entry per
+    budget) before any work: unknown, missing, mistyped and out-of-range keys raise
+    :class:`~asrcompress.config.ParamError` naming ``p4_real.<key>``; ``reference`` must resolve. A
+    budget's ``train_window_s`` is checked against the model by ``models.whisper.check_train_window``."""
+    from asrcompress.compress.baldwhisper import reference_corpus
+    from asrcompress.config import ParamError, Spec, check_section, get
+    from asrcompress.train.loop import TRAIN_SCHEMA, TrainConfig
+
+    sec = check_section(get(cfg, "p4_real"), "p4_real", {
+        "reference": Spec(str), "dev_utterances": Spec(int, min=1), "eval_batch_size": Spec(int, min=1),
+        "gates": Spec(dict), "train": Spec(dict), "budgets": Spec(dict)})
+    reference_corpus(cfg, "p4_real")
+    gates = check_section(sec["gates"], "p4_real.gates", {
+        "tau": Spec(float), "init_threshold": Spec(float, min=0), "ramp_steps": Spec(int, min=0),
+        "log_every": Spec(int, min=1)})
+    per_budget = {k for k in P4_REAL_BUDGET_KEYS if k in TRAIN_SCHEMA}
+    check_section(sec["train"], "p4_real.train", {k: v for k, v in TRAIN_SCHEMA.items() if k not in per_budget})
+    if not sec["budgets"]:
+        raise ParamError("params.yaml: p4_real.budgets: must name at least one budget")
+    for key, entry in sec["budgets"].items():
+        where = f"p4_real.budgets.{key}"
+        b = check_section(entry, where, {k: Spec(t, required=k != "train_window_s", min=0 if t is float else 1)
+                                         for k, t in P4_REAL_BUDGET_KEYS.items()})
+        if not 0 < b["budget"] < 1:
+            raise ParamError(f"params.yaml: {where}.budget: must be in (0, 1), got {b['budget']!r}")
+        for name, value in (("p4_real.gates.tau", gates["tau"]), (f"{where}.threshold_lr", b["threshold_lr"])):
+            if value <= 0:
+                raise ParamError(f"params.yaml: {name}: must be > 0, got {value!r}")
+        TrainConfig.from_params(budget_train_section(sec, key), 0, name=where)
+        try:
+            budget_gate_config(sec, key, target_sparsity=0.0)
+        except (TypeError, ValueError) as exc:
+            raise ParamError(f"params.yaml: {where}: {exc}") from exc
+    return sec
+
+
+def budget_train_section(p4r: dict[str, Any], key: str) -> dict[str, Any]:
+    """``p4_real.train`` with budget ``key``'s ``max_steps``, ``lr`` and ``batch_size``."""
+    entry = p4r["budgets"][key]
+    return {**p4r["train"], **{k: entry[k] for k in ("max_steps", "lr", "batch_size")}}
+
+
+def budget_gate_config(p4r: dict[str, Any], key: str, target_sparsity: float) -> GateConfig:
+    """Structured gates of budget ``key``: ``p4_real.gates`` + the budget's ``threshold_lr`` and ``lam``,
+    the weight lr of its training, and ``target_sparsity`` (over the gated params: :func:`structured_target`)."""
+    entry = p4r["budgets"][key]
+    return GateConfig(weight_lr=float(entry["lr"]), threshold_lr=float(entry["threshold_lr"]),
+                      lam=float(entry["lam"]), target_sparsity=target_sparsity, structured=True,
+                      **{k: p4r["gates"][k] for k in P4_REAL_GATE_KEYS})
