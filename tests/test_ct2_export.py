@@ -23,6 +23,7 @@ ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is installe
 
 PROMPT = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
 STEPS = 6
+QUANT = ("float32", "int8")
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +240,17 @@ def test_padding_changes_no_output_of_ours(processor: WhisperProcessor) -> None:
 def test_only_whisper_is_exported() -> None:
     with pytest.raises(CT2ExportError, match="Wav2Vec2ForCTC"):
         ct2_capability(make_tiny_ctc("wav2vec2"))
+
+
+def test_dense_export_is_ctranslate2s_own_conversion(processor: WhisperProcessor, tmp_path: Path) -> None:
+    """On a dense model our export writes byte for byte what CTranslate2's own converter writes from the
+    ``save_pretrained`` directory (the same loader and writer; the spec sized from the module agrees)."""
+    model = tiny(processor)
+    model.save_pretrained(tmp_path / "hf")
+    processor.save_pretrained(tmp_path / "hf")
+    for q in QUANT:
+        ctranslate2.converters.TransformersConverter(str(tmp_path / "hf")).convert(str(tmp_path / f"stock_{q}"),
+                                                                                  quantization=q)
+        export_ct2(tmp_path / "hf", tmp_path / f"ours_{q}", q)
+        for name in ("model.bin", "vocabulary.json"):
+            assert (tmp_path / f"ours_{q}" / name).read_bytes() == (tmp_path / f"stock_{q}" / name).read_bytes(), name

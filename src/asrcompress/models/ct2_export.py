@@ -97,9 +97,10 @@ def ct2_capability(model: nn.Module) -> dict[str, Any]:
     base = getattr(model, "_asrc_base_config", None) or cfg.to_dict()
     out: list[dict[str, Any]] = []
 
-    def add(structure: str, found: str, ct2: str, reason: str, option: str | None = None, cost: int = 0) -> None:
+    def add(structure: str, found: str, ct2: str, reason: str, option: str | None = None, cost: int = 0,
+            **extra: Any) -> None:
         out.append({"structure": structure, "found": found, "ct2": ct2, "reason": reason, "option": option,
-                    "option_cost_params": int(cost)})
+                    "option_cost_params": int(cost), **extra})
 
     for stack, layers in _stacks(model).items():
         n, n0 = len(layers), int(base[f"{stack}_layers"])
@@ -158,7 +159,8 @@ def ct2_capability(model: nn.Module) -> dict[str, Any]:
             zeros += int((p == 0).sum())
     frac = zeros / total if total else 0.0
     add("zeros", f"{100 * frac:.2f} % of the linear weights are zero", "held as dense zeros" if zeros else "held",
-        "CTranslate2 stores and multiplies dense matrices: zeros cost the same bytes and time")
+        "CTranslate2 stores and multiplies dense matrices: zeros cost the same bytes and time",
+        zero_fraction=frac)
     needs = sorted({s["option"] for s in out if s["option"]})
     return {"holds_as_is": not needs, "needs": needs, "structures": out}
 
