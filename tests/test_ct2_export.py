@@ -79,11 +79,16 @@ def structured(processor: WhisperProcessor, kind: str) -> torch.nn.Module:
         surgery.factorize_embedding(m, a, b)
     elif kind == "zero_ffn":
         surgery.prune_ffn_neurons(m, "encoder", 1, range(128))
+    elif kind == "no_heads":  # every encoder head removed (the layers add only out_proj's bias)
+        for i in range(2):
+            surgery.prune_heads(m, "encoder", i, range(4))
+    elif kind == "no_encoder_layers":
+        surgery.remove_layers(m, "encoder", [0, 1])
     return m.eval()
 
 
 OPTIONS = {"dense": {}, "widths_layers": {}, "uniform_heads": {}, "per_layer_heads": {"pad_heads": True},
-           "low_rank": {"expand_embedding": True}, "zero_ffn": {}}
+           "low_rank": {"expand_embedding": True}, "zero_ffn": {}, "no_heads": {"pad_heads": True}}
 
 
 def export(model: torch.nn.Module, processor: WhisperProcessor, root: Path, quantization: str = "float32",
@@ -189,7 +194,8 @@ def test_capability_names_each_structure(processor: WhisperProcessor) -> None:
     assert cap["encoder.ffn_width"]["found"] == "per-layer [128, 100]" and cap["encoder.ffn_width"]["ct2"] == "held"
     assert cap["decoder.ffn_width"]["ct2"] == "held (padded)" and cap["decoder.ffn_width"]["option_cost_params"] == 129
     report = ct2_capability(structured(processor, "per_layer_heads"))
-    assert report["needs"] == ["pad_heads"] and not report["holds_as_is"]
+    assert report["needs"] == ["pad_heads"] and not report["holds_as_is"] and report["exportable"]
+    assert not ct2_capability(structured(processor, "no_encoder_layers"))["exportable"]
     cap = {s["structure"]: s for s in report["structures"]}
     assert cap["encoder.heads"]["ct2"] == "not held" and "one num_heads" in cap["encoder.heads"]["reason"]
     # decoder padded to its largest count, 4: self 4+1, cross 3 + 0 heads of 16 dims, 4 x 16 x 64 each
@@ -207,14 +213,19 @@ def test_capability_names_each_structure(processor: WhisperProcessor) -> None:
     assert zeros["ct2"] == "held as dense zeros" and zeros["found"].startswith("2.50 %")  # 4096 of 163840
 
 
-@pytest.mark.parametrize("kind,name,option", [("per_layer_heads", "encoder.heads", "pad_heads"),
-                                              ("low_rank", "decoder.embedding", "expand_embedding")])
+@pytest.mark.parametrize("kind,name,advice", [("per_layer_heads", "encoder.heads", "pad_heads=True"),
+                                              ("no_heads", "encoder.heads", "pad_heads=True"),
+                                              ("low_rank", "decoder.embedding", "expand_embedding=True"),
+                                              ("no_encoder_layers", "encoder.layers", "no export option")])
 def test_what_ct2_cannot_hold_is_refused(processor: WhisperProcessor, tmp_path: Path, kind: str, name: str,
-                                         option: str) -> None:
+                                         advice: str) -> None:
     save_compressed(structured(processor, kind), tmp_path / "ours", "test", {}, processor=processor)
-    with pytest.raises(CT2ExportError, match=rf"ours: CTranslate2 cannot hold: {name} .*{option}=True"):
+    with pytest.raises(CT2ExportError, match=rf"ours: CTranslate2 cannot hold: {name} .*{advice}"):
         export_ct2(tmp_path / "ours", tmp_path / "ct2")
     assert not (tmp_path / "ct2").exists()
+    if kind == "no_encoder_layers":  # no option stores it
+        with pytest.raises(CT2ExportError, match="encoder/layer_0"):
+            export_ct2(tmp_path / "ours", tmp_path / "ct2", pad_heads=True, expand_embedding=True)
 
 
 def test_padding_changes_no_output_of_ours(processor: WhisperProcessor) -> None:

@@ -13,6 +13,7 @@ exporting tiny models with each structure and comparing CTranslate2's outputs wi
 
 * layers removed or merged: held. ``WhisperSpec`` takes the layer counts, and a merged layer is an
   ordinary layer (the generation config's alignment heads, remapped by ``compress.surgery``, come along).
+  A stack with no layer left is not (CTranslate2 looks for ``encoder/layer_0``): refused.
 * per-layer FFN widths: held. Each FFN's width is read from its weight shapes, layer by layer. A
   zero-width FFN is not (CTranslate2 refuses a variable with a 0 dimension: "Variable
   '.../ffn/linear_0/bias' has an invalid shape"); it is exported as one inert zero neuron (``fc1`` row,
@@ -23,9 +24,9 @@ exporting tiny models with each structure and comparing CTranslate2's outputs wi
   would otherwise scale by (d_model / heads)^-1/2).
 * per-layer head counts: not held. One ``num_heads`` per stack, and CTranslate2 splits every layer's
   projections into that many heads; a ``num_heads`` written per attention is ignored (tried: the outputs
-  stay wrong). Option ``pad_heads``: every attention of a stack is padded with zero heads (zero q/k/v rows
-  and biases, zero ``out_proj`` columns: the padded heads' output is exactly zero) up to the stack's
-  largest count; costs 4 x head_dim x d_model parameters per padded head, and their compute.
+  stay wrong); nor an attention with every head removed. Option ``pad_heads``: every attention of a stack
+  is padded with zero heads (zero q/k/v rows and biases, zero ``out_proj`` columns: the padded heads'
+  output is exactly zero) up to the stack's largest count (at least one); costs 4 x head_dim x d_model parameters per padded head, and their compute.
 * a low-rank (factorised) token embedding: not held. The spec has one ``decoder/embeddings`` weight
   (vocab x d_model) and a ``decoder/projection`` of the same shape; there is no slot for the factors.
   Option ``expand_embedding``: the product A @ B is stored as the dense embedding (tied; CTranslate2 stores
@@ -85,7 +86,8 @@ def _check_whisper(model: nn.Module) -> None:
 def ct2_capability(model: nn.Module) -> dict[str, Any]:
     """Every structure of a loaded Whisper and whether CTranslate2's ``WhisperSpec`` holds it.
 
-    Returns ``{"holds_as_is": bool, "needs": [option names], "structures": [...]}``; each structure is
+    Returns ``{"holds_as_is": bool, "needs": [option names], "exportable": bool (with those options),
+    "structures": [...]}``; each structure is
     ``{"structure", "found", "ct2": "held" | "held (padded)" | "not held" | "held as dense zeros",
     "reason", "option", "option_cost_params"}`` (``option`` = the export option that makes it exportable,
     or None; its cost in parameters beyond ours)."""
@@ -110,8 +112,12 @@ def ct2_capability(model: nn.Module) -> dict[str, Any]:
         removed = sorted(set(range(n0)) - kept) if n0 >= n else []
         found = f"{n} layers (base {n0})" + (f", merged {merged}" if merged else "") + (
             f", removed {removed}" if removed else "")
-        add(f"{stack}.layers", found, "held",
-            "WhisperSpec takes the layer count; a merged layer is an ordinary layer")
+        if n == 0:
+            add(f"{stack}.layers", found, "not held",
+                f"CTranslate2 needs at least one {stack} layer (it reads {stack}/layer_0; tried)")
+        else:
+            add(f"{stack}.layers", found, "held",
+                "WhisperSpec takes the layer count; a merged layer is an ordinary layer")
         widths = [int(m.fc1.out_features) for m in layers]
         zero = [i for i, w in enumerate(widths) if w == 0]
         if len(set(widths)) <= 1:
@@ -129,7 +135,9 @@ def ct2_capability(model: nn.Module) -> dict[str, Any]:
         distinct = sorted({c for _, c, _ in counts})
         found = (f"uniform {distinct[0]}" if len(distinct) == 1 else
                  "per attention " + ", ".join(f"{k}:{c}" for k, c, _ in counts))
-        if len(distinct) == 1 and distinct[0] > 0:
+        if not counts:
+            add(f"{stack}.heads", "no layers", "held", "no attention to hold")
+        elif len(distinct) == 1 and distinct[0] > 0:
             inner = distinct[0] * counts[0][2]
             add(f"{stack}.heads", found, "held",
                 "one num_heads per stack" + (f"; inner width {inner} != d_model {d}: queries_scale set to "
@@ -137,11 +145,12 @@ def ct2_capability(model: nn.Module) -> dict[str, Any]:
         else:
             top = max(max(distinct), 1)
             cost = sum((top - c) * 4 * hd * d for _, c, hd in counts)
-            add(f"{stack}.heads", found, "not held",
-                f"WhisperSpec has one num_heads for the whole {stack}"
-                + (" (self- and cross-attention share it)" if stack == "decoder" else "")
-                + "; CTranslate2 splits every layer's projections into that many heads and ignores a "
-                  "per-attention num_heads (tried: outputs wrong)", "pad_heads", cost)
+            reason = (f"WhisperSpec has one num_heads for the whole {stack}"
+                      + (" (self- and cross-attention share it)" if stack == "decoder" else "")
+                      + "; CTranslate2 splits every layer's projections into that many heads and ignores a "
+                        "per-attention num_heads (tried: outputs wrong)") if len(distinct) > 1 else (
+                "every head removed: CTranslate2 has no head-less attention (0-wide projections are refused)")
+            add(f"{stack}.heads", found, "not held", reason, "pad_heads", cost)
     emb = model.model.decoder.embed_tokens
     if isinstance(emb, LowRankEmbedding):
         vocab, r = emb.num_embeddings, emb.rank
@@ -162,7 +171,8 @@ def ct2_capability(model: nn.Module) -> dict[str, Any]:
         "CTranslate2 stores and multiplies dense matrices: zeros cost the same bytes and time",
         zero_fraction=frac)
     needs = sorted({s["option"] for s in out if s["option"]})
-    return {"holds_as_is": not needs, "needs": needs, "structures": out}
+    return {"holds_as_is": all(s["ct2"] != "not held" for s in out), "needs": needs,
+            "exportable": all(s["option"] for s in out if s["ct2"] == "not held"), "structures": out}
 
 
 # ------------------------------------------------------------------------------------------ preparation
@@ -193,11 +203,12 @@ def prepare_for_ct2(model: nn.Module, *, pad_heads: bool = False, expand_embeddi
 
     cap = ct2_capability(model)
     given = {"pad_heads": pad_heads, "expand_embedding": expand_embedding}
-    missing = [s for s in cap["structures"] if s["option"] and not given[s["option"]]]
+    missing = [s for s in cap["structures"] if s["ct2"] == "not held" and not given.get(s["option"] or "")]
     if missing:
         raise CT2ExportError("CTranslate2 cannot hold: " + "; ".join(
-            f"{s['structure']} ({s['found']}): {s['reason']}; export with {s['option']}=True to store it "
-            f"(+{s['option_cost_params'] / 1e6:.2f} M parameters)" for s in missing))
+            f"{s['structure']} ({s['found']}): {s['reason']}; " + (
+                f"export with {s['option']}=True to store it (+{s['option_cost_params'] / 1e6:.2f} M parameters)"
+                if s["option"] else "no export option stores it") for s in missing))
     out = copy.deepcopy(model).float().eval()
     for stack, layers in _stacks(out).items():
         for layer in layers:
@@ -206,7 +217,7 @@ def prepare_for_ct2(model: nn.Module, *, pad_heads: bool = False, expand_embeddi
                 _pad_cols(layer.fc2, 1)
         if pad_heads:
             atts = [att for m in layers for _, att in _attentions(stack, m)]
-            top = max(max(_heads(a) for a in atts), 1)
+            top = max([_heads(a) for a in atts] + [1])
             for att in atts:
                 extra = (top - _heads(att)) * att.head_dim
                 if extra:
@@ -240,6 +251,7 @@ def _loader_class() -> type:
             heads = {}
             for stack, layers in _stacks(model).items():
                 counts = {_heads(att) for m in layers for _, att in _attentions(stack, m)}
+                counts = counts or {int(getattr(model.config, f"{stack}_attention_heads"))}  # no layers: unused
                 if len(counts) != 1:
                     raise CT2ExportError(f"{stack}: head counts {sorted(counts)} differ (prepare_for_ct2 first)")
                 heads[stack] = counts.pop()
