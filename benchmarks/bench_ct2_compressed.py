@@ -27,12 +27,15 @@ differ word for word from ours (the measure stage's stored hypotheses ``reports/
 same utterances, where they exist), and speed: the first --timing-utterances, batch 1, --rounds rounds
 after one warm-up per engine, every engine of the group interleaved in a seeded random order per utterance;
 RTFx per round (audio s / compute s), median (min-max), and per round the ratio to the dense model of the
-same compute type ("speed vs dense", > 1 = faster). Also each exported ``model.bin``'s bytes and the
-parameters it holds beside ours.
+same compute type ("speed vs dense", > 1 = faster). A model that stops early looks faster for that alone,
+so a second, equal-length timing (same utterances, rounds and interleaving) suppresses end-of-text and
+has every engine generate exactly the dense float32 model's token count for each utterance
+(``max_new_tokens``): its speed-up is the structure's own (``--no-equal-length`` skips it). Also each
+exported ``model.bin``'s bytes and the parameters it holds beside ours.
 
-Run (alone on the machine; about 30-40 min on 2 idle cores with the defaults: ~8 min English WER passes,
-~4 min English timing, ~7 min Hindi WER passes, ~11 min Hindi timing (the Hindi models loop to long
-outputs), ~2 min of exports; each extra English model adds ~3 min):
+Run (alone on the machine; about 40 min on 2 idle cores with the defaults: ~8 min English WER passes,
+~4 + 4 min English timings, ~7 min Hindi WER passes, ~11 + 6 min Hindi timings (the Hindi models loop to
+long outputs), ~2 min of exports; each extra English model adds ~4 min):
 ``python benchmarks/bench_ct2_compressed.py [--threads 2] [--utterances 100] [--hi-utterances 40]
 [--timing-utterances 20] [--rounds 3] [data/models/lb/<name> ...]``; smoke: ``--utterances 2 --hi-utterances 2
 --timing-utterances 2 --rounds 1`` (5 min on the loaded machine). Needs ``dvc checkout prepare_real@en_real prepare_real@hi_real real_model@whisper_base`` and
@@ -83,15 +86,41 @@ MODELS = {
 MIB = 2**20
 
 
-def fw_runner(model: Any, language: str) -> Callable[[np.ndarray], tuple[str, int]]:
-    """audio -> (text, generated tokens) with the anchor's options in ``language``."""
+def fw_runner(model: Any, language: str) -> Callable[..., tuple[str, int]]:
+    """(audio, **overrides) -> (text, generated tokens) with the anchor's options in ``language``."""
     options = {**FW_OPTIONS, "language": language}
 
-    def run(audio: np.ndarray) -> tuple[str, int]:
-        segments, _info = model.transcribe(audio, **options)
+    def run(audio: np.ndarray, **overrides: Any) -> tuple[str, int]:
+        segments, _info = model.transcribe(audio, **options, **overrides)
         segs = list(segments)  # a generator: decoding happens here
         return " ".join(s.text for s in segs).strip(), sum(len(s.tokens) for s in segs)
     return run
+
+
+def load_eot(ct2_dir: Path) -> int:
+    """The end-of-text id of an exported directory's tokenizer."""
+    import tokenizers
+
+    eot = tokenizers.Tokenizer.from_file(str(ct2_dir / "tokenizer.json")).token_to_id("<|endoftext|>")
+    if eot is None:
+        raise SystemExit(f"{ct2_dir}: tokenizer.json has no <|endoftext|>")
+    return int(eot)
+
+
+def budget_for(made: Callable[[int], int], target: int, limit: int = 440) -> int:
+    """The ``max_new_tokens`` with which ``made(k)`` (tokens generated with end-of-text suppressed) is
+    ``target``, searched from ``target`` (CTranslate2 4.8 with faster-whisper makes about (prompt + k) / 2
+    tokens when end-of-text never comes, so the budget is not the count); the closest found when none hits."""
+    k, best = target, target
+    seen: dict[int, int] = {}
+    while k not in seen and 1 <= k <= limit:
+        seen[k] = made(k)
+        if abs(seen[k] - target) < abs(seen.get(best, 10**9) - target):
+            best = k
+        if seen[k] == target:
+            return k
+        k += 2 * (target - seen[k]) if seen[k] < target else -1
+    return best
 
 
 def stored_hyps(key: str | None) -> dict[str, str]:
@@ -119,8 +148,9 @@ def held_as(record: Mapping[str, Any]) -> str:
 def markdown(group: str, corpus: str, rows: Sequence[Mapping[str, Any]], n_wer: int) -> str:
     lines = [f"### {group}: {corpus}, language {rows[0]['language']}\n",
              f"| model | held as | compute | model.bin MiB | params M (ours) | WER % [95 % CI], {n_wer} utt | "
-             "differ from ours | tokens/utt | RTFx median (min-max) | speed vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "differ from ours | tokens/utt | RTFx median (min-max) | speed vs dense | equal-length RTFx | "
+             "equal-length speed vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         w = r["wer"]
         wer = "-" if w.get("wer_pct") is None else (
@@ -129,7 +159,8 @@ def markdown(group: str, corpus: str, rows: Sequence[Mapping[str, Any]], n_wer: 
         lines.append(f"| {r['model']} | {r['held_as']} | {r['compute_type']} | {r['model_bin_bytes'] / MIB:.0f} | "
                      f"{r['params_exported'] / 1e6:.1f} ({r['params_ours'] / 1e6:.1f}) | {wer} | {diff} | "
                      f"{r['tokens_per_utt']:.1f} | {fmt_spread(r['rtfx'], 1)} | "
-                     f"{fmt_spread(r['speed_vs_dense'], 2, 'x')} |")
+                     f"{fmt_spread(r['speed_vs_dense'], 2, 'x')} | {fmt_spread(r['equal_length_rtfx'], 1)} | "
+                     f"{fmt_spread(r['equal_length_speed_vs_dense'], 2, 'x')} |")
     return "\n".join(lines)
 
 
@@ -180,16 +211,39 @@ def run_group(group: str, names: Sequence[str], dirs: Mapping[str, Path], a: arg
     timing_rows = rows[: a.timing_utterances]
     timing_audio_s = audio_seconds(timing_rows)
     rng = random.Random(seed)
-    for e in interleaved_order(rng, engines):  # one warm-up per engine
-        runners[e](timing_rows[0]["audio"]["array"])
-    times: dict[str, list[list[float]]] = {e: [] for e in engines}
-    for _ in tqdm(range(a.rounds), desc=f"timing {group}"):
-        for e in engines:
-            times[e].append([])
-        for r in timing_rows:
-            for e in interleaved_order(rng, engines):
-                times[e][-1].extend(time_callable(lambda f=runners[e], x=r["audio"]["array"]: f(x), 0, 1))
+
+    def timed(kwargs: Sequence[Mapping[str, Any]], desc: str) -> tuple[dict[str, list[list[float]]], dict[str, list[int]]]:
+        """Interleaved rounds after one warm-up per engine; ``kwargs[i]`` overrides for utterance i."""
+        for e in interleaved_order(rng, engines):
+            runners[e](timing_rows[0]["audio"]["array"], **kwargs[0])
+        secs: dict[str, list[list[float]]] = {e: [] for e in engines}
+        made: dict[str, list[int]] = {e: [] for e in engines}
+        for _ in tqdm(range(a.rounds), desc=desc):
+            for e in engines:
+                secs[e].append([])
+            for r, kw in zip(timing_rows, kwargs, strict=True):
+                for e in interleaved_order(rng, engines):
+                    out: list[tuple[str, int]] = []
+                    secs[e][-1].extend(time_callable(
+                        lambda f=runners[e], x=r["audio"]["array"], k=kw, o=out: o.append(f(x, **k)), 0, 1))
+                    made[e].append(out[0][1])
+        return secs, made
+
+    times, _ = timed([{}] * len(timing_rows), f"timing {group}")
     rtfx = {e: rtfx_per_round(times[e], timing_audio_s) for e in engines}
+    equal: dict[str, Any] = {}
+    if a.equal_length:  # every engine generates the dense float32 model's token count (end-of-text suppressed)
+        dense = runners[f"{reference}/float32"]
+        eot = load_eot(tmp / f"{reference}_float32")
+        targets = [max(1, dense(r["audio"]["array"])[1]) for r in timing_rows]
+        kwargs = [{"max_new_tokens": budget_for(lambda k, x=r["audio"]["array"]: dense(
+            x, max_new_tokens=k, suppress_tokens=[-1, eot])[1], n), "suppress_tokens": [-1, eot]}
+            for r, n in zip(timing_rows, targets, strict=True)]
+        secs, made = timed(kwargs, f"equal-length timing {group}")
+        eq_rtfx = {e: rtfx_per_round(secs[e], timing_audio_s) for e in engines}
+        equal = {"targets": targets, "seconds": secs, "rtfx_rounds": eq_rtfx,
+                 "off_target": {e: sum(m != t for m, t in zip(made[e], targets * a.rounds, strict=True))
+                                for e in engines}}
 
     out_rows = []
     for e in engines:
@@ -209,12 +263,15 @@ def run_group(group: str, names: Sequence[str], dirs: Mapping[str, Path], a: arg
             "compared_with_ours": len(pairs),
             "rtfx": spread(rtfx[e]),
             "speed_vs_dense": spread(ratios_to(rtfx, ref_e)[e]) if ref_e in rtfx else None,
+            "equal_length_rtfx": spread(equal["rtfx_rounds"][e]) if equal else None,
+            "equal_length_speed_vs_dense": (spread(ratios_to(equal["rtfx_rounds"], ref_e)[e])
+                                            if equal and ref_e in rtfx else None),
         })
     return {"corpus": str(corpus), "language": language, "normalizer": normalizer, "reference": reference,
             "rows": out_rows, "refused": refused,
             "capability": {e.split("/")[0]: exports[e]["capability"] for e in engines},
             "timing": {"audio_s": timing_audio_s, "utterance_ids": [r["id"] for r in timing_rows],
-                       "seconds": times, "rtfx_rounds": rtfx},
+                       "seconds": times, "rtfx_rounds": rtfx, "equal_length": equal},
             "hyps": {"ids": [r["id"] for r in wer_rows], "refs": refs, **hyps}, "tokens": tokens}
 
 
@@ -247,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds (default %(default)s)")
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
     ap.add_argument("--strict", action="store_true", help="export only what CTranslate2 holds as is")
+    ap.add_argument("--no-equal-length", dest="equal_length", action="store_false",
+                    help="skip the second timing in which every model generates the dense model's token count")
     ap.add_argument("--out-md", default="reports/real/ct2_compressed.md")
     ap.add_argument("--out-json", default="reports/real/ct2_compressed.json")
     a = ap.parse_args(argv)
@@ -300,9 +359,16 @@ def main(argv: list[str] | None = None) -> None:
           "group interleaved in a seeded random order per utterance; RTFx = audio s / compute s per round, "
           "median (min-max); speed vs dense = per-round RTFx ratio to the group's dense model of the same "
           "compute type. 'differ from ours' = transcripts that differ word for word after normalisation from "
-          "the measure stage's (transformers float32, `reports/hyps/`).\n"]
+          "the measure stage's (transformers float32, `reports/hyps/`). A model that stops early (fewer "
+          "tokens/utt) looks faster for that alone: in the equal-length timing (same utterances and rounds) "
+          "end-of-text is suppressed and every engine generates exactly the dense float32 model's token count "
+          "for each utterance, so the speed-up there is the structure's own.\n"]
     for g, r in results.items():
         md += [markdown(g, r["corpus"], r["rows"], len(r["hyps"]["ids"])), ""]
+        eq = r["timing"]["equal_length"]
+        if eq:
+            md += [f"Equal-length targets (dense float32 tokens per timed utterance): {eq['targets']}; generations "
+                   f"off target (all rounds): {eq['off_target']}.", ""]
     md += ["### What CTranslate2 could not hold as is (and structures worth naming)\n", *capability_lines(caps), ""]
     md += [f"- CPU: {info['cpu_model']} ({info['cpu_count']} logical CPUs); 1-min load average {load_start:.2f} "
            f"at start, {info['loadavg_1min_end']:.2f} at end; ctranslate2 {info['versions']['ctranslate2']}, "
