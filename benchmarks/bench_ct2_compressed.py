@@ -21,7 +21,9 @@ Groups (a model is compared with the dense model of its language, on that langua
   their WER on real Hindi is near 100 % (as the measure stage found): the speed comparison is the point,
   and a Hindi model's WER only means something on Hindi, so it is never scored on English.
 
-Measured per group: WER on the first --utterances test utterances (``asrcompress.measure.wer.score``, 95 %
+Measured per group: the float32 export checked against ours on the first --check-utterances (CTranslate2 fed
+our log-mel features: greedy steps equal, largest logit difference; ``ct2_export.check_export``), WER on
+the first --utterances test utterances (``asrcompress.measure.wer.score``, 95 %
 bootstrap CI), generated tokens per utterance (speed depends on output length), how many transcripts
 differ word for word from ours (the measure stage's stored hypotheses ``reports/hyps/<key>.jsonl`` on the
 same utterances, where they exist), and speed: the first --timing-utterances, batch 1, --rounds rounds
@@ -148,16 +150,18 @@ def held_as(record: Mapping[str, Any]) -> str:
 def markdown(group: str, corpus: str, rows: Sequence[Mapping[str, Any]], n_wer: int) -> str:
     lines = [f"### {group}: {corpus}, language {rows[0]['language']}\n",
              f"| model | held as | compute | model.bin MiB | params M (ours) | WER % [95 % CI], {n_wer} utt | "
-             "differ from ours | tokens/utt | RTFx median (min-max) | speed vs dense | equal-length RTFx | "
-             "equal-length speed vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "differ from ours | our features: greedy = ours (max logit diff) | tokens/utt | "
+             "RTFx median (min-max) | speed vs dense | equal-length RTFx | equal-length speed vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         w = r["wer"]
         wer = "-" if w.get("wer_pct") is None else (
             f"{w['wer_pct']:.2f} [{w['wer_ci_low_pct']:.2f}, {w['wer_ci_high_pct']:.2f}]")
         diff = "-" if r["differ_from_ours"] is None else f"{r['differ_from_ours']}/{r['compared_with_ours']}"
+        c = r.get("same_features_check")
+        check = "-" if not c else f"{c['greedy_equal']}/{c['utterances']} ({c['max_logit_diff']:.1e})"
         lines.append(f"| {r['model']} | {r['held_as']} | {r['compute_type']} | {r['model_bin_bytes'] / MIB:.0f} | "
-                     f"{r['params_exported'] / 1e6:.1f} ({r['params_ours'] / 1e6:.1f}) | {wer} | {diff} | "
+                     f"{r['params_exported'] / 1e6:.1f} ({r['params_ours'] / 1e6:.1f}) | {wer} | {diff} | {check} | "
                      f"{r['tokens_per_utt']:.1f} | {fmt_spread(r['rtfx'], 1)} | "
                      f"{fmt_spread(r['speed_vs_dense'], 2, 'x')} | {fmt_spread(r['equal_length_rtfx'], 1)} | "
                      f"{fmt_spread(r['equal_length_speed_vs_dense'], 2, 'x')} |")
@@ -167,13 +171,14 @@ def markdown(group: str, corpus: str, rows: Sequence[Mapping[str, Any]], n_wer: 
 def run_group(group: str, names: Sequence[str], dirs: Mapping[str, Path], a: argparse.Namespace, n_wer: int,
               tmp: Path, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
     from tqdm.auto import tqdm
+    from transformers import WhisperProcessor
 
     from asrcompress.compress.checkpoint import load_compressed
     from asrcompress.config import get
     from asrcompress.io import load_split
     from asrcompress.measure.latency import time_callable
     from asrcompress.measure.wer import score
-    from asrcompress.models.ct2_export import ct2_capability, export_ct2
+    from asrcompress.models.ct2_export import check_export, ct2_capability, export_ct2
 
     corpus_key, reference = GROUPS[group]
     corpus = Path("data/corpora") / corpus_key
@@ -184,8 +189,10 @@ def run_group(group: str, names: Sequence[str], dirs: Mapping[str, Path], a: arg
         r["audio"]["array"] = np.asarray(r["audio"]["array"], dtype=np.float32)
     exports: dict[str, dict[str, Any]] = {}
     refused: dict[str, dict[str, Any]] = {}
+    checks: dict[str, dict[str, Any]] = {}
     for name in names:
-        cap = ct2_capability(load_compressed(dirs[name]))
+        model = load_compressed(dirs[name])
+        cap = ct2_capability(model)
         opts = options_for(cap, a.strict)
         if opts is None:
             refused[name] = cap
@@ -196,6 +203,11 @@ def run_group(group: str, names: Sequence[str], dirs: Mapping[str, Path], a: arg
             rec = export_ct2(dirs[name], tmp / f"{name}_{ct}", ct, **opts)
             rec["export_s"] = time.perf_counter() - t0
             exports[f"{name}/{ct}"] = rec
+        if a.check_utterances:  # the float32 export fed our features: the export itself, without fw's front-end
+            checks[name] = check_export(model, WhisperProcessor.from_pretrained(str(dirs[name])),
+                                        tmp / f"{name}_float32", [r["audio"]["array"] for r in
+                                                                  rows[: a.check_utterances]], language)
+        del model
     engines = list(exports)
     runners = {e: fw_runner(load_fw(tmp / e.replace("/", "_"), e.split("/")[1], a.threads), language)
                for e in engines}
@@ -255,6 +267,7 @@ def run_group(group: str, names: Sequence[str], dirs: Mapping[str, Path], a: arg
         out_rows.append({
             "model": name, "dir": str(dirs[name]), "language": language, "compute_type": ct,
             "held_as": held_as(rec), "model_bin_bytes": rec["model_bin_bytes"],
+            "same_features_check": checks.get(name) if ct == "float32" else None,
             "params_ours": rec["params_ours"], "params_exported": rec["params_exported"],
             "export_s": rec["export_s"],
             "wer": score(refs, hyps[e], normalizer, n_resamples=a.resamples, seed=seed),
@@ -304,6 +317,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds (default %(default)s)")
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
     ap.add_argument("--strict", action="store_true", help="export only what CTranslate2 holds as is")
+    ap.add_argument("--check-utterances", type=int, default=3,
+                    help="utterances on which the float32 export, fed our features, is checked against ours "
+                         "(models.ct2_export.check_export; default %(default)s, 0 skips)")
     ap.add_argument("--no-equal-length", dest="equal_length", action="store_false",
                     help="skip the second timing in which every model generates the dense model's token count")
     ap.add_argument("--out-md", default="reports/real/ct2_compressed.md")
@@ -359,7 +375,10 @@ def main(argv: list[str] | None = None) -> None:
           "group interleaved in a seeded random order per utterance; RTFx = audio s / compute s per round, "
           "median (min-max); speed vs dense = per-round RTFx ratio to the group's dense model of the same "
           "compute type. 'differ from ours' = transcripts that differ word for word after normalisation from "
-          "the measure stage's (transformers float32, `reports/hyps/`). A model that stops early (fewer "
+          "the measure stage's (transformers float32, `reports/hyps/`): faster-whisper's own front-end and "
+          "suppressed tokens differ from ours (the anchor found 22/100 for the dense model); 'our features' = "
+          "the float32 export fed our log-mel features of the first utterances, greedy, every step's logits "
+          "against ours (`ct2_export.check_export`): the export itself. A model that stops early (fewer "
           "tokens/utt) looks faster for that alone: in the equal-length timing (same utterances and rounds) "
           "end-of-text is suppressed and every engine generates exactly the dense float32 model's token count "
           "for each utterance, so the speed-up there is the structure's own.\n"]

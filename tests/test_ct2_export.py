@@ -15,7 +15,13 @@ from transformers import WhisperProcessor, WhisperTokenizer
 
 from asrcompress.compress import surgery
 from asrcompress.compress.checkpoint import save_compressed
-from asrcompress.models.ct2_export import CT2ExportError, ct2_capability, export_ct2, prepare_for_ct2
+from asrcompress.models.ct2_export import (
+    CT2ExportError,
+    check_export,
+    ct2_capability,
+    export_ct2,
+    prepare_for_ct2,
+)
 from asrcompress.models.real_checkpoints import locate
 from asrcompress.models.whisper import build_feature_extractor, generation_config_for
 
@@ -265,3 +271,15 @@ def test_dense_export_is_ctranslate2s_own_conversion(processor: WhisperProcessor
         export_ct2(tmp_path / "hf", tmp_path / f"ours_{q}", q)
         for name in ("model.bin", "vocabulary.json"):
             assert (tmp_path / f"ours_{q}" / name).read_bytes() == (tmp_path / f"stock_{q}" / name).read_bytes(), name
+
+
+def test_check_export_tells_an_exact_export_from_another_model(processor: WhisperProcessor, tmp_path: Path) -> None:
+    """``check_export`` (the benchmark's check on the real models): every greedy step equal and logits at
+    rounding for the export of this model; not so against another model's export."""
+    model = structured(processor, "per_layer_heads")
+    ct2_dir = export(model, processor, tmp_path, pad_heads=True)
+    audios = [(0.1 * np.random.default_rng(i).standard_normal(16000 * 3)).astype(np.float32) for i in range(2)]
+    good = check_export(model, processor, ct2_dir, audios, "en", max_length=12)
+    assert good["greedy_equal"] == 2 and good["max_logit_diff"] < 1e-3 and good["max_encoder_diff"] < 1e-3
+    bad = check_export(tiny(processor, seed=1), processor, ct2_dir, audios, "en", max_length=12)
+    assert bad["max_encoder_diff"] > 0.1 and bad["max_logit_diff"] > 0.1 and bad["greedy_equal"] < 2

@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CT2ExportError", "ct2_capability", "export_ct2", "export_model_ct2", "QUANTIZATIONS"]
+__all__ = ["CT2ExportError", "ct2_capability", "check_export", "export_ct2", "export_model_ct2", "prepare_for_ct2",
+           "QUANTIZATIONS"]
 
 QUANTIZATIONS = ("float32", "int8")
 EXPORT_RECORD = "export.json"
@@ -346,3 +347,37 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str = "
     record["source"] = str(model_dir)
     (out_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+@torch.inference_mode()
+def check_export(model: nn.Module, processor: Any, ct2_dir: str | Path, audios: list[np.ndarray], language: str,
+                 max_length: int = 64) -> dict[str, Any]:
+    """The CTranslate2 runtime on ``ct2_dir`` fed our log-mel features of each audio (the same input), greedy
+    from the ``language`` transcribe prompt, against ``model``: the largest encoder-output difference, the
+    largest difference of every step's logits (ours teacher-forced on CTranslate2's tokens), and on how many
+    audios our greedy choice equals CTranslate2's at every step. A float32 export of a model it holds
+    gives differences at float rounding (~1e-5 of logits ~10) and every greedy step equal."""
+    import ctranslate2
+
+    tok = processor.tokenizer
+    prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>",
+                                        "<|notimestamps|>"])
+    engine = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="default")
+    enc_diff = logit_diff = 0.0
+    equal = 0
+    for audio in audios:
+        feats = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+        sv = ctranslate2.StorageView.from_array(feats.numpy())
+        res = engine.generate(sv, [prompt], beam_size=1, max_length=max_length, suppress_blank=False,
+                              suppress_tokens=[], return_logits_vocab=True)[0]
+        tokens = res.sequences_ids[0]
+        enc = model.model.encoder(feats.to(model.dtype)).last_hidden_state
+        ids = torch.tensor([prompt + tokens[:-1]] if tokens else [prompt])
+        ours = model(encoder_outputs=(enc,), decoder_input_ids=ids).logits[0, len(prompt) - 1:].float().numpy()
+        theirs = np.stack([np.asarray(x) for x in res.logits[0]])[:, : ours.shape[1]] if tokens else ours[:0]
+        enc_diff = max(enc_diff, float(np.abs(np.asarray(engine.encode(sv, to_cpu=True)) - enc.float().numpy()).max()))
+        if tokens:
+            logit_diff = max(logit_diff, float(np.abs(theirs - ours[: len(theirs)]).max()))
+        equal += ours.argmax(-1)[: len(tokens)].tolist() == tokens
+    return {"utterances": len(audios), "greedy_equal": equal, "max_encoder_diff": enc_diff,
+            "max_logit_diff": logit_diff, "language": language}
