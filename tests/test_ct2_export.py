@@ -283,3 +283,29 @@ def test_check_export_tells_an_exact_export_from_another_model(processor: Whispe
     assert good["greedy_equal"] == 2 and good["max_logit_diff"] < 1e-3 and good["max_encoder_diff"] < 1e-3
     bad = check_export(tiny(processor, seed=1), processor, ct2_dir, audios, "en", max_length=12)
     assert bad["max_encoder_diff"] > 0.1 and bad["max_logit_diff"] > 0.1 and bad["greedy_equal"] < 2
+
+
+@pytest.mark.parametrize("per_attention_count", [False, True])
+def test_ctranslate2_itself_computes_per_layer_heads_wrong(processor: WhisperProcessor, tmp_path: Path,
+                                                           monkeypatch, per_attention_count: bool) -> None:
+    """Why per-layer head counts are refused (a canary for a CTranslate2 that learns them): written with the
+    stack's one ``num_heads`` (4) while encoder layer 1 has 2 heads, CTranslate2 loads the model and
+    computes a wrong encoder output; a ``num_heads`` written into that attention's scope changes nothing."""
+    from asrcompress.models import ct2_export
+
+    model = tiny(processor)
+    surgery.prune_heads(model, "encoder", 1, [0, 3])
+    monkeypatch.setattr(ct2_export, "_heads", lambda att: 4)  # past the exporter's own check
+    spec = ct2_export._loader_class()()(model, processor.tokenizer)
+    if per_attention_count:
+        attn = spec.encoder.layer[1].self_attention
+        object.__setattr__(attn, "num_heads", np.int16(2))  # the spec forbids new attributes: set it anyway
+    spec.validate()
+    spec.optimize(quantization="float32")
+    spec.save(str(tmp_path))
+    engine = ctranslate2.models.Whisper(str(tmp_path), device="cpu", compute_type="float32")
+    feats = features()
+    theirs = np.asarray(engine.encode(ctranslate2.StorageView.from_array(feats.numpy()), to_cpu=True))
+    with torch.inference_mode():
+        ours = model.model.encoder(feats).last_hidden_state.numpy()
+    assert np.abs(theirs - ours).max() > 1e-2
