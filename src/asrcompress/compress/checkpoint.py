@@ -19,6 +19,7 @@ A plain ``save_pretrained`` directory without ``compression.json`` is loaded wit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, GenerationConfig
 
@@ -278,11 +280,13 @@ def load_compressed(path: str | os.PathLike, attn_implementation: str | None = N
         config._attn_implementation = attn
     verify_weights(p, record)
     state, source = _read_state_dict(p)
-    model = _build_empty(cls, config)
-    try:
-        apply_structure(model, structure)
-    except SurgeryError as err:
-        raise CheckpointError(f"{cfile}: structure cannot be applied ({err})") from err
+    # an int8 model's float skeleton stays on the meta device (never allocated); load_int8_state materialises it
+    with torch.device("meta") if record.get("quantization") else contextlib.nullcontext():
+        model = _build_empty(cls, config)
+        try:
+            apply_structure(model, structure)
+        except SurgeryError as err:
+            raise CheckpointError(f"{cfile}: structure cannot be applied ({err})") from err
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())

@@ -160,9 +160,12 @@ def int8_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def load_int8_state(model: nn.Module, state: Mapping[str, Tensor], record: Mapping[str, Any], source: str) -> None:
-    """Quantise the float skeleton ``model`` as ``record`` says and load ``state`` (from
-    :func:`int8_state_dict`) into it; every recorded module must have its int8 weight and scale, and every
-    other key must be a float tensor of the model (errors name ``source``)."""
+    """Load ``state`` (from :func:`int8_state_dict`) into the float skeleton ``model``, quantised as ``record``
+    says: every recorded linear is replaced by an int8 one built straight from its stored int8 weight and
+    scales, then the remaining (float) tensors are loaded. Build the skeleton on the meta device
+    (``checkpoint.load_compressed`` does): it is materialised here, so the float copy of the int8 weights is
+    never allocated and the model loads in about its int8 size. Every recorded module must have its int8
+    weight and scale, and every other key must be a float tensor of the model (errors name ``source``)."""
     if record.get("scheme") != SCHEME:
         raise QuantizationError(f"{source}: unknown quantization scheme {record.get('scheme')!r} (expected {SCHEME})")
     names = list(record.get("modules") or [])
@@ -178,13 +181,27 @@ def load_int8_state(model: nn.Module, state: Mapping[str, Tensor], record: Mappi
                 raise QuantizationError(f"{source}: missing {key} of int8 module {n}")
     float_state = {k: v for k, v in state.items() if k not in int8_keys}
     tied = bool(record.get("embedding_from"))
-    expected = model.state_dict()
     modules = dict(model.named_modules())
     for n in names:
-        if type(modules.get(n)) is not nn.Linear:
+        m = modules.get(n)
+        if type(m) is not nn.Linear:
             raise QuantizationError(f"{source}: recorded int8 module {n} is not a linear of the model")
-        for suffix in ("weight", "bias"):
-            expected.pop(f"{n}.{suffix}", None)
+        q, scale = int8_keys[f"{n}.weight"], int8_keys[f"{n}.weight_scale"]
+        if q.dtype != torch.int8 or tuple(q.shape) != (m.out_features, m.in_features) or scale.shape != (m.out_features,):
+            raise QuantizationError(f"{source}: {n}.weight is {q.dtype} {tuple(q.shape)}, expected int8 "
+                                    f"({m.out_features}, {m.in_features}) with {m.out_features} scales")
+        bias = int8_keys.get(f"{n}.bias")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+            qm = QLinear(1, 1, bias_=bias is not None, dtype=torch.qint8)  # a 1x1 placeholder, replaced below:
+            qm.in_features, qm.out_features = m.in_features, m.out_features  # no full-size default weight
+            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(m.out_features, dtype=torch.long), 0)
+            qm.set_weight_bias(qw, bias)
+            del qw
+        parent, _, child = n.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, qm)
+    expected = dict(model.named_parameters())
+    expected.update(dict(model.named_buffers()))
     if tied:
         expected.pop(next(k for k in expected if k.endswith("embed_tokens.weight")), None)
     missing = sorted(set(expected) - set(float_state))
@@ -193,17 +210,13 @@ def load_int8_state(model: nn.Module, state: Mapping[str, Tensor], record: Mappi
     if missing or unexpected or bad:
         raise QuantizationError(f"{source}: does not match the recorded int8 model (missing {missing[:5]}, "
                                 f"unexpected {unexpected[:5]}, shape mismatch {bad[:5]})")
-    model.load_state_dict(float_state, strict=False)
-    if tied:  # untie first: the float output projection is replaced by the int8 one
-        model.proj_out.weight = nn.Parameter(model.proj_out.weight.detach().clone(), requires_grad=False)
-    _quantize(model, names)
-    for n, m in quantized_linears(model):
-        q, scale = int8_keys[f"{n}.weight"], int8_keys[f"{n}.weight_scale"]
-        if q.dtype != torch.int8 or tuple(q.shape) != (m.out_features, m.in_features) or scale.shape != (m.out_features,):
-            raise QuantizationError(f"{source}: {n}.weight is {q.dtype} {tuple(q.shape)}, expected int8 "
-                                    f"({m.out_features}, {m.in_features}) with {m.out_features} scales")
-        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(m.out_features, dtype=torch.long), 0)
-        m.set_weight_bias(qw, int8_keys.get(f"{n}.bias"))
+    for k, v in float_state.items():  # assign (the skeleton may be on the meta device): no copy, no float linears
+        owner_name, _, attr = k.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        if attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(v, requires_grad=False)
+        else:
+            owner._buffers[attr] = v
     if tied:
         model.get_input_embeddings().weight = nn.Parameter(_dequantized(model.proj_out), requires_grad=False)
     setattr(model, _RECORD_ATTR, {"scheme": SCHEME, "modules": names, "embedding_from": record.get("embedding_from")})

@@ -95,7 +95,8 @@ def board_rows(cfg: Mapping[str, Any], root: str | Path = ".", n_resamples: int 
         if metrics["real"].get("reference") != refs["real"]:
             raise ValueError(f"leaderboard.imported.{name}: its real-speech measurement is timed against "
                              f"{metrics['real'].get('reference')!r}, not the dense {refs['real']!r}")
-        rows.append(_row(name, imp["label"], "imported", metrics, hyps, dense, dense_hyps, None, n_resamples, seed))
+        record = read_json(root / imp["compress_record"]) if imp.get("compress_record") else None
+        rows.append(_row(name, imp["label"], "imported", metrics, hyps, dense, dense_hyps, record, n_resamples, seed))
     pareto(rows)
     return rows
 
