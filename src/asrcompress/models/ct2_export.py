@@ -372,12 +372,15 @@ def check_export(model: nn.Module, processor: Any, ct2_dir: str | Path, audios: 
                               suppress_tokens=[], return_logits_vocab=True)[0]
         tokens = res.sequences_ids[0]
         enc = model.model.encoder(feats.to(model.dtype)).last_hidden_state
-        ids = torch.tensor([prompt + tokens[:-1]] if tokens else [prompt])
+        # ours teacher-forced on every CTranslate2 token: one logits row per CTranslate2 step (its end-of-text
+        # step included when it returns one; the end token itself is not in sequences_ids)
+        ids = torch.tensor([prompt + tokens])
         ours = model(encoder_outputs=(enc,), decoder_input_ids=ids).logits[0, len(prompt) - 1:].float().numpy()
-        theirs = np.stack([np.asarray(x) for x in res.logits[0]])[:, : ours.shape[1]] if tokens else ours[:0]
+        theirs = np.stack([np.asarray(x) for x in res.logits[0]])[:, : ours.shape[1]] if res.logits[0] else ours[:0]
         enc_diff = max(enc_diff, float(np.abs(np.asarray(engine.encode(sv, to_cpu=True)) - enc.float().numpy()).max()))
-        if tokens:
-            logit_diff = max(logit_diff, float(np.abs(theirs - ours[: len(theirs)]).max()))
+        n = min(len(theirs), len(ours))
+        if n:
+            logit_diff = max(logit_diff, float(np.abs(theirs[:n] - ours[:n]).max()))
         equal += ours.argmax(-1)[: len(tokens)].tolist() == tokens
     return {"utterances": len(audios), "greedy_equal": equal, "max_encoder_diff": enc_diff,
             "max_logit_diff": logit_diff, "language": language}
