@@ -17,7 +17,7 @@ from asrcompress.compress.board import check_leaderboard_section
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import log, read_json, setup_logging, write_csv, write_json
 from asrcompress.report.figures import plot_leaderboard
-from asrcompress.report.leaderboard import COLUMNS, anchor_rows, board_rows, markdown
+from asrcompress.report.leaderboard import COLUMNS, anchor_rows, board_rows, markdown, pareto
 
 
 def main(md_path: str, csv_path: str, metrics_path: str, fig_bytes: str, fig_speed: str) -> None:
@@ -27,6 +27,7 @@ def main(md_path: str, csv_path: str, metrics_path: str, fig_bytes: str, fig_spe
     rows = board_rows(cfg, ".", get(cfg, "measure.bootstrap_resamples", int),
                       derive_seed(get(cfg, "seed", int), "leaderboard"))
     anchors = anchor_rows(read_json(sec["anchor"])) if sec.get("anchor") else []
+    pareto([*rows, *anchors])
     wheres = {w: spec["corpus"] for w, spec in sec["measure_on"].items()}
     groups = {}
     for r in rows[1:]:

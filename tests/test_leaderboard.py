@@ -93,7 +93,9 @@ def _board(tmp_path: Path) -> dict:
 
 def test_board_rows_pair_every_entry_with_dense_and_mark_the_fronts(tmp_path):
     cfg = _board(tmp_path)
-    rows = {r["entry"]: r for r in board_rows(cfg, tmp_path, n_resamples=200, seed=0)}
+    listed = board_rows(cfg, tmp_path, n_resamples=200, seed=0)
+    pareto(listed)
+    rows = {r["entry"]: r for r in listed}
     assert list(rows) == ["dense", "small", "zeros", "paper"]
     assert rows["small"]["removed_pct"] == pytest.approx(30.0) and rows["zeros"]["removed_pct"] == pytest.approx(50.0)
     assert rows["small"]["delta_real"] == pytest.approx(20.0) and rows["small"]["p_worse_real"] == 0.0
@@ -124,7 +126,8 @@ def test_pareto_keeps_only_undominated_rows():
     rows = [{"entry": "a", "wer_real": 10, "checkpoint_mib": 100, "speedup": 1.0},
             {"entry": "b", "wer_real": 12, "checkpoint_mib": 50, "speedup": 1.5},
             {"entry": "c", "wer_real": 13, "checkpoint_mib": 60, "speedup": 1.4},
-            {"entry": "d", "wer_real": 10, "checkpoint_mib": 100, "speedup": None}]
+            {"entry": "d", "wer_real": 10, "checkpoint_mib": 100, "speedup": None},
+            {"entry": "e", "wer_real": 12.5, "checkpoint_mib": 49.8, "speedup": 1.0}]   # 0.4 % smaller than b: a tie
     pareto(rows)
     assert [r["entry"] for r in rows if r["pareto_bytes"]] == ["a", "b", "d"]  # a and d tie: neither beats
     assert [r["entry"] for r in rows if r["pareto_speed"]] == ["a", "b"]

@@ -69,11 +69,14 @@ class Plan:
 def forced_plan(root: str | Path = ".") -> Plan:
     """The :class:`Plan` of the root ``dvc.yaml``, split at the foundation."""
     from dvc.repo import Repo
+    from dvc.repo.graph import build_graph
     from dvc.repo.reproduce import get_active_graph, plan_repro
 
     with Repo(str(root)) as repo:
         stages = [s for s in repo.index.stages if Path(s.dvcfile.relpath).as_posix() == "dvc.yaml"]
-        graph = get_active_graph(repo.index.graph)
+        # the root stages' own graph: the pipelines/ files hang stages off them, which would change DVC's
+        # depth-first order (and split ci.side_by_side groups) without changing what the root graph runs
+        graph = get_active_graph(build_graph(stages))
         foundation = plan_repro(graph, [s for s in stages if s.addressing.startswith(FOUNDATION_PREFIX)])
         if not foundation:
             raise SystemExit(f"dvc.yaml: no {FOUNDATION_PREFIX}* stage; nothing to call the foundation")

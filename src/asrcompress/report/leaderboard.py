@@ -9,8 +9,8 @@ same utterances (``measure.compare.compare_variants``: one comparison path for e
 the one budget figure every method is matched on, measured, never the nominal budget. ``budget_group`` buckets
 it (< 5 %: quantised only, or a method that did not reach its budget; ~30 %: < 40 %; ~50 %: otherwise).
 
-``pareto`` marks the entries no other row beats on both WER (real speech) and bytes on disk, or on both WER
-and speed-up. Figures: ``report.figures.plot_leaderboard``.
+``pareto`` marks the entries no other row (the faster-whisper anchor included, for speed) beats on both WER
+(real speech) and bytes on disk, or on both WER and speed-up. Figures: ``report.figures.plot_leaderboard``.
 """
 
 from __future__ import annotations
@@ -98,7 +98,6 @@ def board_rows(cfg: Mapping[str, Any], root: str | Path = ".", n_resamples: int 
                              f"{metrics['real'].get('reference')!r}, not the dense {refs['real']!r}")
         record = read_json(root / imp["compress_record"]) if imp.get("compress_record") else None
         rows.append(_row(name, imp["label"], "imported", metrics, hyps, dense, dense_hyps, record, n_resamples, seed))
-    pareto(rows)
     return rows
 
 
@@ -116,17 +115,25 @@ def anchor_rows(anchor: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+#: sizes / speed-ups within this relative margin count as equal (two int8 files differ by their JSON record)
+TIE = 0.01
+
+
 def _front(rows: list[dict[str, Any]], x: str, smaller_better: bool) -> set[str]:
     pts = [(r["entry"], r["wer_real"], r[x]) for r in rows if r.get(x) is not None]
     sign = 1 if smaller_better else -1
 
     def beats(a: tuple, b: tuple) -> bool:
-        return a[1] <= b[1] and sign * a[2] <= sign * b[2] and (a[1] < b[1] or sign * a[2] < sign * b[2])
+        margin = TIE * abs(b[2])
+        no_worse_x, better_x = sign * a[2] <= sign * b[2] + margin, sign * a[2] < sign * b[2] - margin
+        return a[1] <= b[1] and no_worse_x and (a[1] < b[1] or better_x)
     return {p[0] for p in pts if not any(beats(q, p) for q in pts if q is not p)}
 
 
 def pareto(rows: list[dict[str, Any]]) -> None:
-    """Set ``pareto_bytes`` (WER real vs checkpoint MiB) and ``pareto_speed`` (WER real vs speed-up) in place."""
+    """Set ``pareto_bytes`` (WER real vs checkpoint MiB) and ``pareto_speed`` (WER real vs speed-up) in place;
+    rows without the figure (the anchor has no bytes) are left out of that front. Within ``TIE`` two sizes or
+    speed-ups count as equal."""
     fb, fs = _front(rows, "checkpoint_mib", True), _front(rows, "speedup", False)
     for r in rows:
         r["pareto_bytes"], r["pareto_speed"] = r["entry"] in fb, r["entry"] in fs
