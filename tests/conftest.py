@@ -114,12 +114,12 @@ def make_offline_rows(n: int = 8, seed: int = 1) -> list[dict]:
             for i, t in enumerate(make_sentences("en", n, 0, 0, seed=seed).train)]
 
 
-def load_stage(name: str):
-    """Import ``stages/<name>.py`` (stages are scripts, not a package) to call its functions."""
+def load_stage(name: str, folder: str = "stages"):
+    """Import ``<folder>/<name>.py`` (stages and benchmarks are scripts, not a package) to call its functions."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "stages" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

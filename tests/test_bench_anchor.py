@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import random
 from pathlib import Path
 
 import pytest
+from conftest import load_stage
 
-
-def _load_bench():
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_anchor.py"
-    spec = importlib.util.spec_from_file_location("bench_anchor", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_stage("bench_anchor", "benchmarks")
 
 
 def _fake_package(tmp_path: Path) -> tuple[list[Path], Path, str]:

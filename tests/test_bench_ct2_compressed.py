@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_stage
 
-
-def _load_bench():
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_ct2_compressed.py"
-    spec = importlib.util.spec_from_file_location("bench_ct2_compressed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_stage("bench_ct2_compressed", "benchmarks")
 
 
 @pytest.mark.parametrize("target", [2, 11, 41, 200])
