@@ -48,12 +48,13 @@ repro: setup
 	  $(VENV)/bin/dvc repro $$($(VENV)/bin/dvc stage list --name-only | grep -Ev '$(REAL_SPEECH_STAGES)'); fi
 	$(VENV)/bin/dvc metrics show
 
-# The papers on the real Whisper base (pipelines/p{1,2,3,4}_real) and the leaderboard (pipelines/leaderboard):
+# The papers on the real Whisper base (pipelines/p{1,2,3,4}_real, paper 1 in English: pipelines/p1_en) and the
+# leaderboard (pipelines/leaderboard):
 # one command, not part of `make repro` or CI
 # (several CPU hours on 2 cores; README, "The papers on the real Whisper base"). DVC builds what they need
 # first (the converted checkpoint, the real corpora, the dense references) and skips what is up to date.
 REAL_PIPELINES := pipelines/p1_real/dvc.yaml pipelines/p2_real/dvc.yaml pipelines/p3_real/dvc.yaml \
-	pipelines/p4_real/dvc.yaml pipelines/leaderboard/dvc.yaml
+	pipelines/p4_real/dvc.yaml pipelines/p1_en/dvc.yaml pipelines/leaderboard/dvc.yaml
 
 real: setup
 	@test -d "$(REALSPEECH)" || { echo "make real: $(REALSPEECH) is missing: the papers on the real Whisper base need the"; \

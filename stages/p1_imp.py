@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import time
 from pathlib import Path
 
 from transformers import WhisperProcessor
@@ -90,7 +91,8 @@ def main(dense_dir: str, corpus_dir: str, prune_metrics: str, out_dir: str, loss
                "nonzero_params": final["nonzero_params"],
                "nonzero_params_reduction_pct": percent_reduction(final["nonzero_params"], dense["nonzero_params"]),
                "block_weight_sparsity_pct": 100.0 * history[-1]["sparsity"],
-               "train_seconds": sum(h["train"]["train_seconds"] for h in history), **window_record}
+               "train_seconds": sum(h["train"]["train_seconds"] for h in history), **window_record,
+               "compress_cpu_s": time.process_time()}
     write_json(metrics_path, metrics)
     log.info("%s_imp: %s -> %s | %d rounds to %.1f%% block sparsity, non-zero params -%.1f%%, loss %.3f, %.0f s",
              section, dense_dir, out_dir, rounds, metrics["block_weight_sparsity_pct"],

@@ -16,6 +16,7 @@ on the real Whisper base, recovery inside the cut encoder window ``<section>.tra
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def main(sgl_dir: str, dense_dir: str, corpus_dir: str, out_dir: str, loss_csv: 
         "pass2_masked_weights": report["pass2_masked_weights"], "pass2_weights": report["pass2_weights"],
         "block_weight_sparsity_pct": 100.0 * block["sparsity"],
         "imp_target_sparsity": max(0.0, min(imp_target, 0.99)),
-        "recovery": summary, **window_record, "kept_widths": widths,
+        "recovery": summary, **window_record, "compress_cpu_s": time.process_time(), "kept_widths": widths,
         "pass1": [{k: r[k] for k in ("stack", "layer", "what", "units", "zero", "threshold")}
                   | {"removed": len(r["remove"])} for r in report["plan"]],
     }

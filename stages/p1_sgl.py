@@ -20,6 +20,7 @@ a WER difference is not just extra training (method ``dense_ft``).
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def main(*argv: str) -> None:
     zeros = zero_group_report(model)
     sparsity = sparsity_report(model, target_filter())
     metrics = {**summary, "penalty_before": penalty_before, "penalty_after": float(sgl_penalty(model, sgl)),
-               "target_weight_sparsity_pct": 100.0 * sparsity["sparsity"], **zeros}
+               "target_weight_sparsity_pct": 100.0 * sparsity["sparsity"], **zeros,
+               "compress_cpu_s": time.process_time()}  # the whole stage, load included
     write_json(metrics_path, metrics)
     log.info("%s: %s -> %s | %d steps, loss %.3f, zero groups %.1f%% (fc2 %.1f%%, out_proj %.1f%%), "
              "%d/%d FFN neurons and %d/%d heads zero, block-weight sparsity %.1f%%, %.0f s", name, dense_dir, out_dir,

@@ -20,6 +20,7 @@ before/after each step).
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def main(variant: str, init_dir: str, teacher_dir: str, corpus_dir: str, out_dir
     with encoder_window(model, processor, window) as proc:
         record = compress(model, variant, spec, p2, section, seed, proc, language, init_dir, teacher_dir,
                           corpus_dir, diag, processor, window)
-    record.update({"params": num_parameters(model), "structure": bw.structure_summary(model)})
+    record.update({"params": num_parameters(model), "structure": bw.structure_summary(model),
+                   "compress_cpu_s": time.process_time()})  # the whole stage, all threads (init's own not included)
     kept = {k: p2[k] for k in ("merge", "lowrank", "distill", "train_window_s") if k in p2}
     save_compressed(model, out_dir, "p2_baldwhisper", {"variant": spec, **kept},
                     extra={k: record[k] for k in ("merge", "lowrank", "distill") if k in record})

@@ -17,6 +17,7 @@ from asrcompress.compress.int8_dynamic import (
     quantize_int8,
     quantized_linears,
 )
+from asrcompress.compress.surgery import prune_ffn_neurons, prune_heads
 from asrcompress.measure.flops import whisper_flops
 from asrcompress.measure.memory import weight_bytes
 from asrcompress.measure.params import count_params
@@ -92,3 +93,23 @@ def test_a_damaged_int8_checkpoint_is_refused_naming_the_file(tmp_path):
     (out / "compression.json").write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*fc1\.weight_scale"):
         load_compressed(out)
+
+
+def test_a_pruned_model_with_an_emptied_layer_quantises_saves_and_reloads(tmp_path, whisper_features):
+    """SGL can remove every head of a layer: its q/k/v/out_proj hold 0 weights and stay empty float linears."""
+    model = make_tiny_whisper()
+    heads = model.config.decoder_attention_heads
+    prune_heads(model, "decoder", 0, list(range(heads)))
+    prune_ffn_neurons(model, "encoder", 0, [0, 1])
+    empty = {n for n, m in model.named_modules() if type(m) is torch.nn.Linear and m.weight.numel() == 0}
+    assert {"model.decoder.layers.0.self_attn.q_proj", "model.decoder.layers.0.self_attn.out_proj"} <= empty
+    ref = _logits(model, whisper_features)
+    quantize_int8(model)
+    assert {n for n, _ in quantized_linears(model)}.isdisjoint(empty)
+    fc1 = model.model.encoder.layers[0].fc1
+    assert isinstance(fc1, QLinear) and fc1.out_features == model.config.encoder_ffn_dim - 2
+    assert (_logits(model, whisper_features) - ref).abs().max() < 0.1 * ref.abs().max()
+    save_compressed(model, tmp_path / "int8", "int8_dynamic", {})
+    back = load_compressed(tmp_path / "int8")
+    assert back.model.decoder.layers[0].self_attn.q_proj.weight.shape[0] == 0
+    assert torch.equal(_logits(back, whisper_features), _logits(model, whisper_features))

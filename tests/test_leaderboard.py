@@ -57,6 +57,9 @@ def test_every_entry_has_a_compress_and_a_measure_stage_on_every_corpus(committe
         for key in imp["measured"].values():
             assert f"reports/metrics/{key}.json" in stages["leaderboard"]["deps"], key
             assert f"reports/hyps/{key}.jsonl" in stages["leaderboard"]["deps"], key
+        records = imp.get("compress_record") or []
+        for rec in [records] if isinstance(records, str) else records:  # a file, or under a folder dep
+            assert any(rec == d or rec.startswith(d + "/") for d in stages["leaderboard"]["deps"]), rec
 
 
 def _write_measure(root: Path, sub: str, key: str, params: int, nonzero: int, errors: list[int], **extra) -> None:
@@ -106,6 +109,21 @@ def test_board_rows_pair_every_entry_with_dense_and_mark_the_fronts(tmp_path):
     assert not rows["zeros"]["pareto_bytes"] and not rows["zeros"]["pareto_speed"]
     assert rows["small"]["pareto_speed"] and not rows["paper"]["pareto_speed"]  # slower than small AND worse
     assert [budget_group(x)[:5] for x in (0.0, 30.0, 50.0)] == ["< 5 %", "~30 %", "~50 %"]
+
+
+def test_an_imported_method_run_in_several_stages_adds_their_cpu_time(tmp_path):
+    cfg = _board(tmp_path)
+    for name, record in (("train", {"compress_cpu_s": 100.0}), ("prune", {"compress_cpu_s": 20.5}), ("old", {})):
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    cfg["leaderboard"]["imported"]["paper"]["compress_record"] = ["train.json", "prune.json"]
+    assert board_rows(cfg, tmp_path, n_resamples=10)[-1]["compress_cpu_s"] == pytest.approx(120.5)
+    cfg["leaderboard"]["imported"]["paper"]["compress_record"] = "train.json"
+    assert board_rows(cfg, tmp_path, n_resamples=10)[-1]["compress_cpu_s"] == pytest.approx(100.0)
+    cfg["leaderboard"]["imported"]["paper"]["compress_record"] = ["train.json", "old.json"]  # one without the figure
+    assert board_rows(cfg, tmp_path, n_resamples=10)[-1]["compress_cpu_s"] is None
+    cfg["leaderboard"]["imported"]["paper"]["compress_record"] = ["train.json", 3]
+    with pytest.raises(ValueError, match=r"leaderboard\.imported\.paper\.compress_record"):
+        board_rows(cfg, tmp_path, n_resamples=10)
 
 
 def test_a_missing_measurement_is_named(tmp_path):

@@ -1,4 +1,4 @@
-"""The real-track pipelines (pipelines/*_real/dvc.yaml) agree with params.yaml: every `real_variants` entry is
+"""The real-track pipelines (pipelines/*_real/dvc.yaml, pipelines/p1_en/dvc.yaml) agree with params.yaml: every `real_variants` entry is
 measured by exactly one stage with the entry's model, corpus and reference (and depends on the reference's
 model and metrics), every `real_comparisons` entry is compared by exactly one stage."""
 
@@ -15,7 +15,7 @@ SECTIONS = ("dense", "real_dense", "real_dense_synth", "real_variants")
 
 def _stages() -> list[tuple[str, str, dict]]:
     out = []
-    for path in sorted(ROOT.glob("pipelines/*_real/dvc.yaml")):
+    for path in [*sorted(ROOT.glob("pipelines/*_real/dvc.yaml")), ROOT / "pipelines/p1_en/dvc.yaml"]:
         for name, stage in yaml.safe_load(path.read_text())["stages"].items():
             out.append((path.parent.name, name, stage))
     return out
@@ -58,17 +58,44 @@ def test_every_real_comparison_is_run_once_as_params_say() -> None:
 
 
 def test_paper_stages_of_a_real_pipeline_read_its_section() -> None:
-    """A paper stage of pipelines/<p>_real reads `<p>_real` or a `<p>_real_<suffix>` section (p2_real_yo), which
-    exists, and lists only that section's keys among its params."""
+    """A paper stage of pipelines/<p>_real reads `<p>_real` or a `<p>_real_<suffix>` section (p2_real_yo,
+    p2_real_b50), which exists, and lists only that section's keys among its params."""
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
     for pipeline, name, stage in _stages():
+        if not pipeline.endswith("_real"):
+            continue
         body = stage.get("do", stage)
         cmd = " ".join(str(body.get("cmd", "")).split())
         if re.search(r"stages/p\d_\w+\.py", cmd):
-            found = re.search(rf" ({pipeline}(_[a-z]+)?)( \$\{{key\}})?$", cmd)
+            found = re.search(rf" ({pipeline}(_[a-z0-9]+)?)( \$\{{key\}})?$", cmd)
             assert found, f"{pipeline}:{name}: {cmd[-40:]}"
             section = found.group(1)
             assert section in cfg, f"{pipeline}:{name}: no params section {section}"
             paper_params = [p for p in body.get("params", []) if re.match(r"p\d_real", str(p))]
             assert paper_params and all(str(p).split(".")[0] == section for p in paper_params), (name, paper_params)
 
+
+
+def test_paper_1_in_english_reads_its_budget_sections() -> None:
+    """pipelines/p1_en: every paper-1 stage reads `p1_en_<budget>` (or, for the one dense fine-tune, `p1_en_b30`)
+    and lists only that section's keys among its params; each section is a full p1 section."""
+    from asrcompress.compress.sgl import check_p1_section
+
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "pipelines/p1_en/dvc.yaml").read_text())["stages"]
+    budgets = set()
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        cmd = " ".join(str(body["cmd"]).split())
+        if "stages/p1_" not in cmd:
+            continue
+        items = stage.get("foreach") or [None]
+        for item in items:
+            section = cmd.rsplit(" ", 1)[1].replace("${item}", str(item))
+            assert section.startswith("p1_en_") and section in cfg, (name, section)
+            budgets.add(section)
+            params = [str(p).replace("${item}", str(item)) for p in body["params"] if str(p).startswith("p1_en")]
+            assert params and all(p.split(".")[0] == section for p in params), (name, params)
+    assert budgets == {k for k in cfg if k.startswith("p1_en_")}
+    for section in budgets:
+        check_p1_section(cfg, section)

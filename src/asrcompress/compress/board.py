@@ -52,7 +52,7 @@ _CALIBRATION = {"corpus": Spec(str), "split": Spec(str, choices=("train", "dev")
 _WHERE = {"corpora": Spec(str, choices=("corpora", "real_corpora")), "corpus": Spec(str), "reference": Spec(str),
           "test_utterances": Spec(int, required=False, min=1)}
 _IMPORTED = {"label": Spec(str), "budget": Spec(float, required=False, min=0.0),
-             "measured": Spec(dict), "compress_record": Spec(str, required=False)}
+             "measured": Spec(dict), "compress_record": Spec((str, list), required=False)}
 
 
 @dataclass

@@ -60,8 +60,10 @@ class QuantizationError(ValueError):
 
 
 def _targets(model: nn.Module) -> list[str]:
-    """Names of the linears to quantise: every nn.Linear (encoder/decoder layers, the output projection)."""
-    return [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    """Names of the linears to quantise: every nn.Linear (encoder/decoder layers, the output projection) that
+    holds a weight. A pruned layer can be empty (every head or FFN neuron removed: 0 rows); it has nothing to
+    quantise and stays an empty float linear (per-row int8 of 0 rows is undefined in torch)."""
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear and m.weight.numel() > 0]
 
 
 def _tied_output(model: nn.Module) -> bool:

@@ -211,10 +211,10 @@ def _check_indices(indices: Sequence[int] | Tensor, where: str, what: str, n: in
 
 
 def _keep_index(n: int, remove: list[int]) -> Tensor:
-    keep = torch.ones(n, dtype=torch.bool)
-    if remove:
-        keep[torch.tensor(remove, dtype=torch.long)] = False
-    return keep.nonzero().reshape(-1)
+    """Sorted indices of ``range(n)`` not in ``remove``, built on the CPU in Python: also inside a
+    ``torch.device("meta")`` context (an int8 checkpoint's skeleton), where ``nonzero`` has no meta kernel."""
+    gone = set(remove)
+    return torch.tensor([i for i in range(n) if i not in gone], dtype=torch.long, device="cpu")
 
 
 def _configs(model: nn.Module) -> list[PretrainedConfig]:
@@ -438,7 +438,7 @@ def prune_heads(model: nn.Module, stack: str, layer: int, remove: Sequence[int],
         return
     hd = att.head_dim
     keep_heads = _keep_index(n, rm)
-    rows = (keep_heads[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1)
+    rows = (keep_heads[:, None] * hd + torch.arange(hd, device="cpu")[None, :]).reshape(-1)
     for name in ("q_proj", "k_proj", "v_proj"):
         _keep_rows(getattr(att, name), rows)
     _keep_cols(att.out_proj, rows)

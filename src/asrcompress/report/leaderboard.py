@@ -96,9 +96,22 @@ def board_rows(cfg: Mapping[str, Any], root: str | Path = ".", n_resamples: int 
         if metrics["real"].get("reference") != refs["real"]:
             raise ValueError(f"leaderboard.imported.{name}: its real-speech measurement is timed against "
                              f"{metrics['real'].get('reference')!r}, not the dense {refs['real']!r}")
-        record = read_json(root / imp["compress_record"]) if imp.get("compress_record") else None
+        record = _imported_record(root, imp.get("compress_record"), name)
         rows.append(_row(name, imp["label"], "imported", metrics, hyps, dense, dense_hyps, record, n_resamples, seed))
     return rows
+
+
+def _imported_record(root: Path, paths: str | list[str] | None, name: str) -> dict[str, Any] | None:
+    """An imported entry's compression record: one file, or the files of a method that ran in several stages
+    (paper 1: SGL fine-tune, then prune + recovery), whose ``compress_cpu_s`` add up; None (no CPU figure) when
+    any of them lacks it."""
+    if not paths:
+        return None
+    paths = [paths] if isinstance(paths, str) else paths
+    if any(not isinstance(p, str) for p in paths):
+        raise ValueError(f"params.yaml: leaderboard.imported.{name}.compress_record: a path or a list of paths")
+    cpu = [read_json(root / p).get("compress_cpu_s") for p in paths]
+    return {"compress_cpu_s": None if None in cpu else float(sum(cpu))}
 
 
 def anchor_rows(anchor: Mapping[str, Any]) -> list[dict[str, Any]]:
