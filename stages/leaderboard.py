@@ -17,7 +17,7 @@ from asrcompress.compress.board import check_leaderboard_section
 from asrcompress.config import derive_seed, get, load_params
 from asrcompress.io import log, read_json, setup_logging, write_csv, write_json
 from asrcompress.report.figures import plot_leaderboard
-from asrcompress.report.leaderboard import COLUMNS, anchor_rows, board_rows, markdown, pareto
+from asrcompress.report.leaderboard import COLUMNS, anchor_rows, board_rows, budget_summary, markdown, pareto
 
 
 def main(md_path: str, csv_path: str, metrics_path: str, fig_bytes: str, fig_speed: str) -> None:
@@ -27,19 +27,14 @@ def main(md_path: str, csv_path: str, metrics_path: str, fig_bytes: str, fig_spe
     rows = board_rows(cfg, ".", get(cfg, "measure.bootstrap_resamples", int),
                       derive_seed(get(cfg, "seed", int), "leaderboard"))
     anchors = anchor_rows(read_json(sec["anchor"])) if sec.get("anchor") else []
-    pareto([*rows, *anchors])
+    collapsed = sec.get("collapsed_wer_pct")
+    pareto([*rows, *anchors], collapsed)
     wheres = {w: spec["corpus"] for w, spec in sec["measure_on"].items()}
-    groups = {}
-    for r in rows[1:]:
-        groups.setdefault(r["budget_group"], []).append(r)
     lines = ["# Leaderboard: every method on Whisper base, English", "",
              markdown(rows, anchors, wheres), "## Best per budget (real speech WER; Pareto = no row has both lower "
-             "WER and fewer bytes / more speed)", ""]
-    for g, rs in groups.items():
-        best = min(rs, key=lambda r: r["wer_real"])
-        front = [r["entry"] for r in rs if r["pareto_bytes"] or r["pareto_speed"]]
-        lines.append(f"- {g}: lowest WER {best['entry']} ({best['wer_real']:.1f} %); on a Pareto front: "
-                     f"{', '.join(front) or 'none'}")
+             "WER and fewer bytes / more speed"
+             + (f"; collapsed = real-speech WER >= {collapsed:g} %, kept off the fronts)" if collapsed else ")"), "",
+             *budget_summary(rows)]
     Path(md_path).parent.mkdir(parents=True, exist_ok=True)
     Path(md_path).write_text("\n".join(lines) + "\n")
     write_csv(csv_path, [*rows, *anchors], COLUMNS)

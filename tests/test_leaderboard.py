@@ -12,7 +12,7 @@ from conftest import DELETE, load_stage, set_param
 
 from asrcompress.compress.board import check_leaderboard_section, measure_entries
 from asrcompress.config import ParamError
-from asrcompress.report.leaderboard import board_rows, budget_group, pareto
+from asrcompress.report.leaderboard import board_rows, budget_group, budget_summary, pareto
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,3 +157,23 @@ def test_lb_compress_stage_refuses_an_unknown_entry_before_any_work(tmp_path, mo
     with pytest.raises(ParamError, match=r"leaderboard\.entries\.nosuch: no such entry"):
         stage.main("nosuch", str(tmp_path / "m"), str(tmp_path / "r.json"))
     assert not (tmp_path / "m").exists()
+
+
+def test_a_collapsed_entry_stays_in_the_table_but_off_the_fronts():
+    rows = [{"entry": "dense", "source": "dense", "budget_group": "0", "wer_real": 10, "checkpoint_mib": 100,
+             "speedup": 1.0},
+            {"entry": "tiny", "source": "board", "budget_group": "~30 %", "wer_real": 100.0, "checkpoint_mib": 20,
+             "speedup": 3.0},
+            {"entry": "ok", "source": "board", "budget_group": "~30 %", "wer_real": 12, "checkpoint_mib": 60,
+             "speedup": 1.5},
+            {"entry": "gone", "source": "board", "budget_group": "~50 %", "wer_real": 400, "checkpoint_mib": 50,
+             "speedup": 0.5}]
+    pareto(rows)  # no threshold: the empty model is the smallest and fastest, so it is on both fronts
+    assert rows[1]["pareto_bytes"] and rows[1]["pareto_speed"] and not rows[1]["collapsed"]
+    pareto(rows, collapsed_wer=100.0)
+    assert [r["collapsed"] for r in rows] == [False, True, False, True]
+    assert [r["entry"] for r in rows if r["pareto_bytes"]] == ["dense", "ok"]
+    assert [r["entry"] for r in rows if r["pareto_speed"]] == ["dense", "ok"]
+    lines = budget_summary(rows)
+    assert lines[0].startswith("- ~30 %: lowest WER ok (12.0 %); on a Pareto front: ok; collapsed: tiny")
+    assert lines[1] == "- ~50 %: every entry collapsed; on a Pareto front: none; collapsed: gone"

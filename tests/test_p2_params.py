@@ -1,4 +1,4 @@
-"""The whole `p2` / `p2_real` / `p2_real_yo` section is checked before any work
+"""The whole `p2` / `p2_real` / `p2_real_yo` / `p2_real_b50` section is checked before any work
 (compress/baldwhisper.check_p2_section)."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def cfg(committed_params: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
-@pytest.mark.parametrize("section", ["p1", "p1_real", "p2", "p2_real", "p2_real_yo"])
+@pytest.mark.parametrize("section", ["p1", "p1_real", "p1_en_b30", "p1_en_b50", "p2", "p2_real", "p2_real_yo",
+                                     "p2_real_b50"])
 def test_every_p1_and_p2_section_passes_in_both_profiles(section: str, profile: str) -> None:
     """The committed params.yaml, each profile resolved as the stages see it (paper_overrides merged)."""
     from asrcompress.compress.baldwhisper import check_p2_section

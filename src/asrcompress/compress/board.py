@@ -47,6 +47,7 @@ COMMON_KEYS: dict[str, Spec] = {
 _SECTION: dict[str, Spec] = {
     "calibration": Spec(dict), "language": Spec(str), "measure_on": Spec(dict), "entries": Spec(dict),
     "imported": Spec(dict, required=False), "anchor": Spec(str, required=False),
+    "collapsed_wer_pct": Spec(float, required=False, min=0.0),
 }
 _CALIBRATION = {"corpus": Spec(str), "split": Spec(str, choices=("train", "dev")), "utterances": Spec(int, min=1)}
 _WHERE = {"corpora": Spec(str, choices=("corpora", "real_corpora")), "corpus": Spec(str), "reference": Spec(str),

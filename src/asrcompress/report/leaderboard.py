@@ -22,14 +22,14 @@ from typing import Any
 from asrcompress.io import read_json, read_jsonl
 from asrcompress.measure.compare import compare_variants
 
-__all__ = ["board_rows", "anchor_rows", "pareto", "budget_group", "markdown", "COLUMNS"]
+__all__ = ["board_rows", "anchor_rows", "pareto", "budget_group", "budget_summary", "markdown", "COLUMNS"]
 
 COLUMNS = ["entry", "label", "source", "budget_group", "removed_pct", "params_m", "nonzero_params_m", "int8_params_m",
            "checkpoint_mib", "weights_mib", "peak_rss_delta_mib", "gflops_utterance",
            "wer_real", "wer_real_ci_low", "wer_real_ci_high", "delta_real", "delta_real_ci_low", "delta_real_ci_high",
            "p_worse_real", "wer_synth", "wer_synth_ci_low", "wer_synth_ci_high", "delta_synth", "delta_synth_ci_low",
            "delta_synth_ci_high", "p_worse_synth", "latency_ms_p50", "rtfx_b1", "speedup", "speedup_ci_low",
-           "speedup_ci_high", "fixed_speedup", "compress_cpu_s", "pareto_bytes", "pareto_speed"]
+           "speedup_ci_high", "fixed_speedup", "compress_cpu_s", "collapsed", "pareto_bytes", "pareto_speed"]
 
 
 def budget_group(removed_pct: float) -> str:
@@ -143,13 +143,37 @@ def _front(rows: list[dict[str, Any]], x: str, smaller_better: bool) -> set[str]
     return {p[0] for p in pts if not any(beats(q, p) for q in pts if q is not p)}
 
 
-def pareto(rows: list[dict[str, Any]]) -> None:
+def pareto(rows: list[dict[str, Any]], collapsed_wer: float | None = None) -> None:
     """Set ``pareto_bytes`` (WER real vs checkpoint MiB) and ``pareto_speed`` (WER real vs speed-up) in place;
     rows without the figure (the anchor has no bytes) are left out of that front. Within ``TIE`` two sizes or
-    speed-ups count as equal."""
-    fb, fs = _front(rows, "checkpoint_mib", True), _front(rows, "speedup", False)
+    speed-ups count as equal. A row whose real-speech WER is at least ``collapsed_wer`` (params
+    ``leaderboard.collapsed_wer_pct``: 100 = no usable word) is marked ``collapsed`` and kept off both fronts: a
+    model that transcribes nothing is not a trade-off, however small or fast."""
+    for r in rows:
+        r["collapsed"] = collapsed_wer is not None and r["wer_real"] >= collapsed_wer
+    usable = [r for r in rows if not r["collapsed"]]
+    fb, fs = _front(usable, "checkpoint_mib", True), _front(usable, "speedup", False)
     for r in rows:
         r["pareto_bytes"], r["pareto_speed"] = r["entry"] in fb, r["entry"] in fs
+
+
+def budget_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per budget group (dense left out): the lowest real-speech WER among the usable entries, the
+    entries on a front, and how many collapsed (``pareto`` first)."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r["source"] != "dense":
+            groups.setdefault(r["budget_group"], []).append(r)
+    out = []
+    for g, rs in groups.items():
+        usable = [r for r in rs if not r.get("collapsed")]
+        gone = [r["entry"] for r in rs if r.get("collapsed")]
+        front = [r["entry"] for r in rs if r.get("pareto_bytes") or r.get("pareto_speed")]
+        best = min(usable, key=lambda r: r["wer_real"]) if usable else None
+        head = (f"lowest WER {best['entry']} ({best['wer_real']:.1f} %)" if best else "every entry collapsed")
+        out.append(f"- {g}: {head}; on a Pareto front: {', '.join(front) or 'none'}"
+                   + (f"; collapsed: {', '.join(gone)}" if gone else ""))
+    return out
 
 
 def _f(v: Any, fmt: str = ".1f") -> str:
@@ -169,7 +193,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], anchors: Sequence[Mapping[str, A
             "| speed-up b1 [CI] | enc+24 tok | compress CPU s | Pareto |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in [*rows, *anchors]:
-        front = ", ".join(k for k, f in (("bytes", r.get("pareto_bytes")), ("speed", r.get("pareto_speed"))) if f)
+        front = "collapsed" if r.get("collapsed") else ", ".join(
+            k for k, f in (("bytes", r.get("pareto_bytes")), ("speed", r.get("pareto_speed"))) if f)
         params = "" if r.get("params_m") is None else f"{r['params_m']:.1f} ({r['nonzero_params_m']:.1f})"
         lines.append(
             f"| {r['entry']} | {r['label']} | {_f(r.get('removed_pct'))} | {params} | {_f(r.get('checkpoint_mib'))} "
