@@ -36,6 +36,9 @@ def test_committed_leaderboard_params_pass_and_expand(committed_params):
     (("calibration", "split"), "test", r"leaderboard\.calibration\.split"),
     (("measure_on", "real", "corpus"), "nosuch", r"real_corpora\.nosuch"),
     (("imported", "p2_final", "measured"), DELETE, r"leaderboard\.imported\.p2_final\.measured"),
+    (("imported", "p1_sgl_b30", "compress_record"), 3, r"leaderboard\.imported\.p1_sgl_b30\.compress_record"),
+    (("collapsed_wer_pct",), "100", r"leaderboard\.collapsed_wer_pct"),
+    (("collapsed_wer_pct",), -1.0, r"leaderboard\.collapsed_wer_pct"),
 ])
 def test_a_bad_leaderboard_key_is_named(committed_params, path, value, match):
     set_param(committed_params, ("leaderboard", *path), value)

@@ -625,8 +625,8 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], anchors: Sequence[Mappin
     against the batch-1 speed-up over dense Whisper base timed interleaved. Star: dense; squares: the
     faster-whisper anchor (speed figure, real speech only; its bytes are not measured); filled: something
     physically removed or stored in fewer bits; hollow: zeros only; ringed: on the Pareto front (real
-    speech); entries that collapsed on real speech (``pareto``) say so in their label on that panel. WERs above 100 % sit on the
-    top edge with their value in the label."""
+    speech); entries that collapsed on real speech (``pareto``) say so in their label on that panel. WERs above
+    100 % sit on the top edge with their value in the label."""
     out = []
     for x, xlabel, path, anchor_ok in (("checkpoint_mib", "checkpoint on disk (MiB)", path_bytes, False),
                                        ("speedup", "speed-up vs dense, batch 1 (x)", path_speed, True)):
@@ -638,7 +638,9 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], anchors: Sequence[Mappin
             top = min(max([r[f"wer_{where}"] for r in pts] + [10.0]), WER_AXIS_MAX) * 1.08 + 1
             dense_mib = next((r["checkpoint_mib"] for r in rows if r["source"] == "dense"), None)
             for r in pts:
-                y, label, err = r[f"wer_{where}"], r["entry"] + (" (collapsed)" if where == "real" and r.get("collapsed") else ""), None
+                y, label, err = r[f"wer_{where}"], r["entry"], None
+                if where == "real" and r.get("collapsed"):
+                    label += " (collapsed)"
                 if y > WER_AXIS_MAX:
                     label, y = f"{r['entry']} ({y:.0f} %)", top * 0.97
                 elif r.get(f"wer_{where}_ci_low") is not None:

@@ -159,7 +159,7 @@ def pareto(rows: list[dict[str, Any]], collapsed_wer: float | None = None) -> No
 
 def budget_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """One line per budget group (dense left out): the lowest real-speech WER among the usable entries, the
-    entries on a front, and how many collapsed (``pareto`` first)."""
+    entries on a front, and the collapsed ones (call ``pareto`` first)."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         if r["source"] != "dense":
